@@ -1,0 +1,188 @@
+"""Command line: argument parsing only; every subcommand calls one function in the package.
+
+Config flags are generated from the config dataclasses: every field `a.b` is `--a.b VALUE` with
+the field's help string, applied on top of `--config FILE.yaml`. A few common fields have short
+aliases (`--tasks`, `--split`, `--n`, `--source`). Errors in input print one clear line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from typing import Any
+
+from esgrpo.config import (
+    BuildConfig,
+    EvalConfig,
+    field_help,
+    leaf_types,
+    load_config,
+    set_dotted,
+)
+from esgrpo.errors import EsgrpoError
+
+# ----------------------------------------------------------------------------------------------
+# Config <-> flags
+
+
+def _type_note(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return " {" + ",".join(map(str, typing.get_args(tp))) + "}"
+    if typing.get_origin(tp) is list:
+        return " (comma-separated)"
+    if typing.get_origin(tp) is dict:
+        return " (YAML mapping)"
+    return ""
+
+
+def add_config_args(p: argparse.ArgumentParser, cls: type, aliases: dict[str, str] | None = None,
+                    positional: dict[str, str] | None = None) -> None:
+    """One `--key` flag per config field (help from the dataclass), plus --config and --set."""
+    p.add_argument("--config", metavar="FILE", help="YAML config file (CLI flags override its values).")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="Override any config key, e.g. --set generation.max_new_tokens=64 (repeatable).")
+    helps = field_help(cls)
+    types_ = leaf_types(cls)
+    rev = {v: k for k, v in (aliases or {}).items()}
+    for name, dest in (positional or {}).items():
+        p.add_argument(name, nargs="?", default=None, help=helps[dest])
+    g = p.add_argument_group("config fields")
+    for key, help_ in helps.items():
+        flags = [f"--{key}"] + ([f"--{rev[key]}"] if key in rev else [])
+        g.add_argument(*flags, dest=f"cfg:{key}", metavar="V", default=None,
+                       help=help_ + _type_note(types_[key]))
+    p.set_defaults(_config_cls=cls, _positional=positional or {})
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    over: dict[str, Any] = {}
+    for pair in args.set:
+        if "=" not in pair:
+            raise EsgrpoError(f"--set '{pair}' must look like key=value")
+        k, v = pair.split("=", 1)
+        set_dotted(over, k.strip(), v)
+    for name, dest in args._positional.items():
+        v = getattr(args, name)
+        if v is not None:
+            set_dotted(over, dest, v)
+    for k, v in vars(args).items():
+        if k.startswith("cfg:") and v is not None:
+            set_dotted(over, k[4:], v)
+    return load_config(args._config_cls, args.config, over)
+
+
+# ----------------------------------------------------------------------------------------------
+# Subcommands
+
+
+def cmd_models_build(args: argparse.Namespace) -> None:
+    from esgrpo.models import resolve_model_path
+
+    cfg: BuildConfig = config_from_args(args)
+    print(resolve_model_path(cfg.model, cfg.tiny, force=cfg.force))
+
+
+def cmd_models_list(args: argparse.Namespace) -> None:
+    from esgrpo.models import BUILTIN
+
+    for name in BUILTIN:
+        print(name)
+    print("(or any Hugging Face causal LM id or local path)")
+
+
+def cmd_tasks_list(args: argparse.Namespace) -> None:
+    from esgrpo.tasks import TASK_NAMES, get_task
+
+    for name in TASK_NAMES:
+        print(f"{name:10s} {get_task(name).system_prompt}")
+
+
+def cmd_tasks_show(args: argparse.Namespace) -> None:
+    from esgrpo.tasks import load_examples
+
+    exs = load_examples(args.task, args.source, args.split, args.n, seed=args.seed, path=args.path)
+    for ex in exs:
+        print(json.dumps({"uid": ex.uid, "question": ex.question, "target": ex.target}))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from esgrpo.study import run_eval
+
+    run_eval(config_from_args(args))
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    from esgrpo.study import StudyConfig, run_study
+
+    cfg: StudyConfig = config_from_args(args)
+    if args.quick:
+        cfg = cfg.quick()
+    run_study(cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from esgrpo.study import StudyConfig
+
+    p = argparse.ArgumentParser(prog="esgrpo", description="Post-train causal LMs with ES and GRPO and "
+                                "compare the geometry of their updates.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("study", help="Run a study end to end (the main job): build, evaluate, report.",
+                       description="Run a study end to end from a config (default: configs/study-default.yaml "
+                       "values built in).")
+    add_config_args(s, StudyConfig)
+    s.add_argument("--quick", action="store_true", help="Small, fast version of the study (smoke run).")
+    s.set_defaults(func=cmd_study)
+
+    m = sub.add_parser("models", help="Build, convert and list models.")
+    msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    mb = msub.add_parser("build", help="Build (tiny) or convert (smollm2-135m) a model and cache it.",
+                         description="Build or convert a model into the cache and print its directory.")
+    add_config_args(mb, BuildConfig, positional={"name": "model.name"})
+    mb.set_defaults(func=cmd_models_build)
+    ml = msub.add_parser("list", help="List the built-in model names.")
+    ml.set_defaults(func=cmd_models_list)
+
+    t = sub.add_parser("tasks", help="List tasks and show their examples.")
+    tsub = t.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
+    tl = tsub.add_parser("list", help="List the tasks and their system prompts.")
+    tl.set_defaults(func=cmd_tasks_list)
+    ts = tsub.add_parser("show", help="Print examples of a task as JSON lines.")
+    ts.add_argument("task", help="countdown, math, chemistry or boolq.")
+    ts.add_argument("--split", default="test", choices=["train", "test", "pretrain"], help="Which split.")
+    ts.add_argument("--n", type=int, default=5, help="How many examples.")
+    ts.add_argument("--source", default="synthetic", choices=["synthetic", "hub"], help="Data source.")
+    ts.add_argument("--seed", type=int, default=1234, help="Synthetic generator seed.")
+    ts.add_argument("--path", default=None, help="Local file/dir in the hub schema (source hub).")
+    ts.set_defaults(func=cmd_tasks_show)
+
+    e = sub.add_parser("eval", help="Evaluate a model on tasks; writes a run directory.",
+                       description="Greedy accuracy of MODEL on the tasks' test split (by default).")
+    add_config_args(e, EvalConfig, aliases={"tasks": "data.tasks", "source": "data.source", "n": "data.n_test",
+                                            "split": "split", "out": "out"},
+                    positional={"model": "model.name"})
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except EsgrpoError as e:
+        print(f"esgrpo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("esgrpo: interrupted; finished work is on disk (rerun to resume where supported)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The built-in `tiny` model: a few-million-parameter Llama, its tokenizer and its pretraining.
+
+Everything is built here, offline and seeded:
+1. a corpus of the four tasks' prompts (chat template, the tasks' system prompts) with short
+   demonstrations, deliberately noisy: some answers are wrong, and some are right but in a
+   format the reward rejects (a "slip": no \\boxed{}, no answer field). Slips are frequent on
+   "slip-prone" prompts (those whose last alphanumeric character has an even code point, a
+   visible surface feature) and rare on the others, so the greedy base model answers some
+   prompts in the wrong format: headroom that RL can only reach by learning something general
+   (always use the required format), not by memorizing the 200 training prompts;
+2. a byte-level BPE tokenizer (digits split individually) with a chat template;
+3. a Llama-architecture model trained from scratch on the responses (next-token loss on the
+   assistant turn), cosine learning rate, AdamW.
+
+The result is a Hugging Face directory (safetensors + config + tokenizer) cached under
+`<cache_dir>/tiny-<hash of the build config>` and reused; a held-out slice of the corpus is
+saved beside it (`heldout.jsonl`) for the capability probe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from esgrpo.config import TinyModelConfig
+from esgrpo.runs import write_json
+
+SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+BUILD_VERSION = 1  # bump when the corpus or training recipe changes, to invalidate caches
+
+
+def slip_prone(question: str) -> bool:
+    """The visible prompt feature that makes format slips likely in the corpus."""
+    for ch in reversed(question):
+        if ch.isalnum():
+            return ord(ch) % 2 == 0
+    return False
+
+
+def build_corpus(cfg: TinyModelConfig) -> list[dict]:
+    """Seeded documents: {"task", "messages", "response", "kind"} from the tasks' pretrain split."""
+    from esgrpo.tasks import TASK_NAMES, get_task
+
+    rng = random.Random(cfg.seed)
+    docs = []
+    for name in TASK_NAMES:
+        task = get_task(name)
+        for ex in task.synthetic("pretrain", cfg.corpus_per_task, seed=cfg.seed + 17):
+            p_slip = cfg.p_slip_prone if slip_prone(ex.question) else cfg.p_slip_other
+            u = rng.random()
+            kind = "slip" if u < p_slip else ("wrong" if u < p_slip + cfg.p_wrong * (1 - p_slip) else "correct")
+            docs.append({"task": name, "messages": task.messages(ex), "uid": ex.uid,
+                         "response": task.demonstration(ex, rng, kind), "kind": kind})
+    rng.shuffle(docs)
+    return docs
+
+
+def render(messages: list[dict[str, str]], response: str | None = None) -> str:
+    """The chat template as plain text (for tokenizer training)."""
+    text = "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages) + "<|assistant|>"
+    return text if response is None else text + response + "<|end|>"
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE with individually split digits, wrapped as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>",
+                                   additional_special_tokens=SPECIAL_TOKENS[2:])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def make_model(cfg: TinyModelConfig, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.max_positions,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def tokenize_docs(docs: list[dict], tokenizer) -> list[tuple[list[int], int]]:
+    """(token ids, index of the first response token) per document."""
+    out = []
+    for d in docs:
+        prompt = tokenizer.encode(render(d["messages"]), add_special_tokens=False)
+        resp = tokenizer.encode(d["response"] + "<|end|>", add_special_tokens=False)
+        out.append((prompt + resp, len(prompt)))
+    return out
+
+
+def batch_loss(model, batch: list[tuple[list[int], int]], pad_id: int) -> torch.Tensor:
+    """Mean next-token loss over the response tokens of a right-padded batch."""
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    target_mask = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (seq, start) in enumerate(batch):
+        ids[i, :len(seq)] = torch.tensor(seq)
+        attn[i, :len(seq)] = 1
+        target_mask[i, start:len(seq)] = True
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    targets = ids[:, 1:]
+    mask = target_mask[:, 1:]
+    return torch.nn.functional.cross_entropy(logits[mask], targets[mask])
+
+
+def pretrain(model, data: list[tuple[list[int], int]], cfg: TinyModelConfig, pad_id: int,
+             log=print) -> list[dict]:
+    """AdamW with linear warmup and cosine decay; returns the loss curve."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    g = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    curve, t0, running = [], time.time(), None
+    for step in range(cfg.steps):
+        lr = cfg.lr * (step + 1) / max(1, cfg.warmup) if step < cfg.warmup else \
+            cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(data), (cfg.batch_size,), generator=g).tolist()
+        loss = batch_loss(model, [data[i] for i in idx], pad_id)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
+            el = time.time() - t0
+            eta = el / (step + 1) * (cfg.steps - step - 1)
+            log(f"[tiny] step {step + 1}/{cfg.steps} loss {running:.3f} lr {lr:.2e} "
+                f"{el:.0f}s elapsed, ETA {eta:.0f}s")
+            curve.append({"step": step + 1, "loss": running, "lr": lr, "seconds": el})
+    model.eval()
+    return curve
+
+
+def config_hash(cfg: TinyModelConfig) -> str:
+    blob = json.dumps({"cfg": asdict(cfg), "version": BUILD_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def tiny_path(cfg: TinyModelConfig, cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / f"tiny-{config_hash(cfg)}"
+
+
+def build_tiny(cfg: TinyModelConfig, cache_dir: str | Path, force: bool = False, log=None) -> Path:
+    """Build (or reuse) the tiny model; returns its Hugging Face directory."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    out = tiny_path(cfg, cache_dir)
+    if (out / "build.json").exists() and not force:
+        return out
+    t0 = time.time()
+    docs = build_corpus(cfg)
+    n_held = max(50, len(docs) // 40)
+    heldout, train_docs = docs[:n_held], docs[n_held:]
+    log(f"[tiny] corpus: {len(train_docs)} documents (+{n_held} held out); training tokenizer")
+    tokenizer = train_tokenizer([render(d["messages"], d["response"]) for d in train_docs], cfg.vocab_size)
+    model = make_model(cfg, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    data = tokenize_docs(train_docs, tokenizer)
+    mean_len = sum(len(s) for s, _ in data) / len(data)
+    log(f"[tiny] model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
+        f"mean document {mean_len:.0f} tokens; pretraining {cfg.steps} steps")
+    curve = pretrain(model, data, cfg, tokenizer.pad_token_id, log)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    with open(tmp / "heldout.jsonl", "w") as f:
+        for d in heldout:
+            f.write(json.dumps(d) + "\n")
+    kinds = {k: sum(d["kind"] == k for d in train_docs) / len(train_docs) for k in ("correct", "wrong", "slip")}
+    write_json(tmp / "build.json", {
+        "config": asdict(cfg), "version": BUILD_VERSION, "parameters": n_params, "vocab": len(tokenizer),
+        "documents": len(train_docs), "heldout_documents": n_held, "mean_document_tokens": mean_len,
+        "demonstration_mix": kinds, "loss_curve": curve, "seconds": time.time() - t0,
+        "threads": torch.get_num_threads(),
+    })
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log(f"[tiny] built in {time.time() - t0:.0f}s -> {out}")
+    return out

@@ -1,0 +1,156 @@
+"""Batched generation with a KV cache, and log-probabilities of given responses.
+
+Why a hand-written loop instead of `model.generate`: sampling draws one uniform number per row
+and step from a per-row generator seeded by the caller. A response then depends only on its own
+seed and the model, not on the batch it sits in, which gives ES its common random numbers (every
+population member decodes prompt i with the same seed) and makes micro-batching invisible.
+Sampling uses the inverse CDF over the probabilities sorted in descending order, so a small
+weight perturbation that leaves the ranking intact leaves the sample intact.
+
+Prompts are left-padded; position ids are computed from the attention mask so a padded prompt
+sees the same positions as it would alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Generation:
+    """Responses of one `generate` call (row i answers prompt i)."""
+
+    response_ids: list[list[int]]  # generated tokens, EOS included if produced, no padding
+    texts: list[str]
+    logprobs: list[list[float]] | None = None  # log pi(token) under the untempered model
+    finished: list[bool] = field(default_factory=list)  # stopped at EOS (else hit max_new_tokens)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(r) for r in self.response_ids)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(input_ids, attention_mask), left-padded to the longest sequence."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions(mask: Tensor) -> Tensor:
+    """Position ids that ignore left padding."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def sample_from_logits(logits: Tensor, temperature: float, top_p: float,
+                       generators: list[torch.Generator] | None) -> Tensor:
+    """Greedy if temperature == 0, else temperature + nucleus sampling with one uniform per row."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    cum = sorted_p.cumsum(dim=-1)
+    if top_p < 1.0:
+        keep = (cum - sorted_p) < top_p  # always keeps the top token
+        sorted_p = sorted_p * keep
+        cum = sorted_p.cumsum(dim=-1)
+    if generators is None:
+        u = torch.rand(logits.shape[0], device="cpu")
+    else:
+        u = torch.stack([torch.rand((), generator=g) for g in generators])
+    u = (u.to(cum.device) * cum[:, -1]).unsqueeze(-1)
+    idx = torch.searchsorted(cum, u).clamp(max=cum.shape[-1] - 1)
+    return order.gather(-1, idx).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_ids: set[int], pad_id: int,
+             max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+             seeds: list[int] | None = None, return_logprobs: bool = False,
+             decode=None) -> Generation:
+    """Decode a batch of prompts; stops each row at the first EOS and the batch when all stopped."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    B = len(prompt_ids)
+    gens = None
+    if temperature > 0 and seeds is not None:
+        if len(seeds) != B:
+            raise ValueError(f"need one seed per prompt: {len(seeds)} seeds for {B} prompts")
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    ids, mask = left_pad(prompt_ids, pad_id, device)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache,
+                use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1, :]
+    pos = positions(mask)[:, -1]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    tokens: list[Tensor] = []
+    lps: list[Tensor] = []
+    for _ in range(max_new_tokens):
+        nxt = sample_from_logits(logits, temperature, top_p, gens)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        if return_logprobs:
+            lps.append(torch.log_softmax(logits.float(), dim=-1).gather(-1, nxt[:, None]).squeeze(-1))
+        tokens.append(nxt)
+        done = done | torch.isin(nxt, eos)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
+        pos = pos + 1
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
+                    cache=cache, use_cache=True)
+        logits = out.logits[:, -1, :]
+    gen = torch.stack(tokens, dim=1).cpu() if tokens else torch.zeros((B, 0), dtype=torch.long)
+    lp = torch.stack(lps, dim=1).cpu() if lps else None
+    eos_cpu = eos.cpu()
+    response_ids, logprobs, finished = [], [], []
+    for i in range(B):
+        row = gen[i].tolist()
+        hits = torch.isin(gen[i], eos_cpu).nonzero()
+        n = int(hits[0]) + 1 if len(hits) else len(row)
+        response_ids.append(row[:n])
+        finished.append(bool(len(hits)))
+        if lp is not None:
+            logprobs.append(lp[i, :n].tolist())
+    texts = [decode(r) for r in response_ids] if decode else ["" for _ in response_ids]
+    return Generation(response_ids, texts, logprobs if return_logprobs else None, finished)
+
+
+def response_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], response_ids: list[list[int]],
+                      pad_id: int, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Per-token log pi(response | prompt), differentiable.
+
+    Returns (logprobs, mask), both (B, T) with T the longest response; mask is 1 on real tokens.
+    Sequences are laid out as [left pad | prompt | response | right pad].
+    """
+    device = next(model.parameters()).device
+    B = len(prompt_ids)
+    P = max(len(p) for p in prompt_ids)
+    T = max(1, max(len(r) for r in response_ids))
+    ids = torch.full((B, P + T), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + T), dtype=torch.long)
+    resp_mask = torch.zeros((B, T), dtype=torch.float32)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+        ids[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
+        attn[i, P - len(p):P] = 1
+        if r:
+            ids[i, P:P + len(r)] = torch.tensor(r, dtype=torch.long)
+            attn[i, P:P + len(r)] = 1
+            resp_mask[i, :len(r)] = 1
+    ids, attn, resp_mask = ids.to(device), attn.to(device), resp_mask.to(device)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions(attn)).logits
+    logits = logits[:, P - 1:P + T - 1, :].float()  # the logits that predict each response token
+    if temperature != 1.0:
+        logits = logits / temperature
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, P:P + T, None]).squeeze(-1)
+    return lp * resp_mask, resp_mask

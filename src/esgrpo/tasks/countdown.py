@@ -1,0 +1,223 @@
+"""Countdown: combine the given numbers with + - * / to reach the target (TinyZero's task).
+
+Synthetic instances: 3 or 4 numbers in NUM_MIN..NUM_MAX (70% have 3); the target is the value
+of a random expression over all of them (+, *, - without going negative, / only when exact),
+kept when it is an integer in TARGET_MIN..TARGET_MAX. Canonical key: sorted numbers + target.
+The 70% holds for draws; after de-duplication large samples hold fewer 3-number instances, as
+only ~4.8k distinct 3-number keys exist (~950 in the test split) against ~67k 4-number ones.
+
+Hub (Jiayi-Pan/Countdown-Tasks-3to4, a single "train" split of ~490k rows): train = the first
+200 rows, test = the last 2000 rows, so the two can never overlap. A given n replaces the size:
+train = the first n rows, test = the first n rows of the last max(n, 2000).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Literal
+
+from esgrpo.rewards.countdown import countdown_reward
+from esgrpo.tasks.base import DemoKind, Example, Split, Task
+from esgrpo.tasks.hub import collect_synthetic, load_rows
+
+NUM_MIN, NUM_MAX = 1, 12
+TARGET_MIN, TARGET_MAX = 1, 100
+THREE_NUMBER_SHARE = 0.7
+
+HUB_ID = "Jiayi-Pan/Countdown-Tasks-3to4"
+HUB_TRAIN_SIZE = 200
+HUB_TEST_SIZE = 2000
+
+_PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
+_LEAF_PREC = 3
+
+
+@dataclass(frozen=True)
+class Node:
+    """A partial expression: its exact value, minimal-parenthesis text and worked steps."""
+
+    value: Fraction
+    expr: str
+    prec: int
+    steps: tuple[str, ...] = ()
+
+
+def fmt_value(v: Fraction) -> str:
+    """`7` or `7/2`: how values appear in worked steps."""
+    return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
+
+
+def leaf(n: int) -> Node:
+    """A number as an expression."""
+    return Node(Fraction(n), str(n), _LEAF_PREC)
+
+
+def combine(a: Node, op: str, b: Node) -> Node | None:
+    """`a op b` with its value, minimal parentheses and one more step; None on division by 0."""
+    if op == "+":
+        v = a.value + b.value
+    elif op == "-":
+        v = a.value - b.value
+    elif op == "*":
+        v = a.value * b.value
+    else:
+        if b.value == 0:
+            return None
+        v = a.value / b.value
+    p = _PREC[op]
+    left = f"({a.expr})" if a.prec < p else a.expr
+    right = f"({b.expr})" if b.prec < p or (b.prec == p and op in "-/") else b.expr
+    step = f"{fmt_value(a.value)}{op}{fmt_value(b.value)}={fmt_value(v)}"
+    return Node(v, left + op + right, p, a.steps + b.steps + (step,))
+
+
+def _random_tree(nums: list[int], rng: random.Random) -> Node:
+    """A random expression over all `nums` with non-negative integer intermediates."""
+    items = [leaf(n) for n in nums]
+    while len(items) > 1:
+        i, j = rng.sample(range(len(items)), 2)
+        a, b = items[i], items[j]
+        items = [x for k, x in enumerate(items) if k not in (i, j)]
+        if a.value < b.value:
+            a, b = b, a
+        ops = ["+", "-", "*"] + (["/"] if b.value != 0 and a.value % b.value == 0 else [])
+        node = combine(a, rng.choice(ops), b)
+        assert node is not None
+        items.append(node)
+    return items[0]
+
+
+def _trees(items: tuple[Node, ...], strict: bool) -> Iterator[Node]:
+    """All expression trees over `items` (strict: only non-negative integer intermediates)."""
+    if len(items) == 1:
+        yield items[0]
+        return
+    for i in range(len(items)):
+        for j in range(i + 1, len(items)):
+            rest = tuple(x for k, x in enumerate(items) if k not in (i, j))
+            a, b = items[i], items[j]
+            for x, op, y in ((a, "+", b), (a, "*", b), (a, "-", b), (b, "-", a), (a, "/", b), (b, "/", a)):
+                node = combine(x, op, y)
+                if node is None or (strict and (node.value < 0 or node.value.denominator != 1)):
+                    continue
+                yield from _trees(rest + (node,), strict)
+
+
+def _search(items: tuple[Node, ...], target: int, rng: random.Random, strict: bool) -> Node | None:
+    """Depth-first search in random order; stops at the first expression equal to `target`."""
+    if len(items) == 1:
+        return items[0] if items[0].value == target else None
+    pairs = [(i, j) for i in range(len(items)) for j in range(i + 1, len(items))]
+    rng.shuffle(pairs)
+    for i, j in pairs:
+        rest = tuple(x for k, x in enumerate(items) if k not in (i, j))
+        a, b = items[i], items[j]
+        moves = [(a, "+", b), (a, "*", b), (a, "-", b), (b, "-", a), (a, "/", b), (b, "/", a)]
+        rng.shuffle(moves)
+        for x, op, y in moves:
+            node = combine(x, op, y)
+            if node is None or (strict and (node.value < 0 or node.value.denominator != 1)):
+                continue
+            found = _search(rest + (node,), target, rng, strict)
+            if found is not None:
+                return found
+    return None
+
+
+def find_solution(nums: list[int], target: int, rng: random.Random) -> Node | None:
+    """A random expression over all `nums` equal to `target`, preferring non-negative integer
+    steps; None when there is none."""
+    leaves = tuple(leaf(n) for n in nums)
+    for strict in (True, False):
+        node = _search(leaves, target, rng, strict)
+        if node is not None:
+            return node
+    return None
+
+
+def _question(nums: list[int], target: int) -> str:
+    return f"Numbers: {' '.join(map(str, nums))}. Target: {target}."
+
+
+def _draw(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
+    while True:
+        k = 3 if rng.random() < THREE_NUMBER_SHARE else 4
+        nums = [rng.randint(NUM_MIN, NUM_MAX) for _ in range(k)]
+        node = _random_tree(nums, rng)
+        v = node.value
+        if v.denominator == 1 and TARGET_MIN <= v <= TARGET_MAX:
+            target = int(v)
+            key = f"{','.join(map(str, sorted(nums)))}:{target}"
+            return key, _question(nums, target), {"nums": nums, "target": target}
+
+
+class CountdownTask(Task):
+    """Countdown with the `\\boxed{expr}` answer format."""
+
+    name = "countdown"
+    system_prompt = "Think step by step, then give \\boxed{expr} using each number once to reach the target."
+
+    def reward(self, text: str, example: Example) -> float:
+        try:
+            return countdown_reward(text, example.target["nums"], example.target["target"])
+        except Exception:
+            return 0.0
+
+    def synthetic(self, split: Split, n: int, seed: int) -> list[Example]:
+        return collect_synthetic(self.name, split, n, seed, _draw)
+
+    def from_hub(self, split: Literal["train", "test"], n: int | None, path: str | None) -> list[Example]:
+        ds = load_rows(HUB_ID, split="train", columns=("target", "nums"), path=path)
+        total = len(ds)
+        if split == "train":
+            start, size = 0, HUB_TRAIN_SIZE if n is None else n
+        else:
+            size = HUB_TEST_SIZE if n is None else n
+            start = max(0, total - max(size, HUB_TEST_SIZE))
+        idx = list(range(start, min(total, start + size)))
+        out = []
+        for i, row in zip(idx, ds.select(idx), strict=True):
+            nums = row["nums"]
+            if isinstance(nums, str):  # CSV copies store the list as text
+                nums = json.loads(nums)
+            nums = [int(x) for x in nums]
+            target = int(row["target"])
+            out.append(
+                Example(
+                    uid=f"countdown-hub-{split}-{i}",
+                    question=_question(nums, target),
+                    target={"nums": nums, "target": target},
+                )
+            )
+        return out
+
+    def demonstration(self, example: Example, rng: random.Random, kind: DemoKind) -> str:
+        nums = [int(x) for x in example.target["nums"]]
+        target = int(example.target["target"])
+        if kind == "wrong":
+            node = _wrong_tree(nums, target, rng)
+            return f"{', '.join(node.steps)}. \\boxed{{{node.expr}}}"
+        node = find_solution(nums, target, rng)
+        if node is None:
+            raise ValueError(f"countdown example {example.uid} has no solution")
+        if kind == "correct":
+            return f"{', '.join(node.steps)}. \\boxed{{{node.expr}}}"
+        if kind == "slip":
+            return f"{', '.join(node.steps)}. Answer: {node.expr}"
+        raise ValueError(f"unknown demonstration kind {kind!r}")
+
+
+def _wrong_tree(nums: list[int], target: int, rng: random.Random) -> Node:
+    """An expression over all the numbers that misses the target (a plausible failed attempt)."""
+    for _ in range(50):
+        node = _random_tree(nums, rng)
+        if node.value != target:
+            return node
+    for node in _trees(tuple(leaf(n) for n in nums), strict=True):
+        if node.value != target:
+            return node
+    raise ValueError(f"every expression over {nums} equals {target}")

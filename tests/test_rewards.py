@@ -1,0 +1,341 @@
+"""The four binary rewards: correct and wrong answers, and hostile model outputs.
+
+Every reward must return exactly 0.0 or 1.0 on any input, never raise and never hang (the paper's
+public Countdown scorer eval()s `9**9**9`). Hostile inputs are only required to come back with a
+valid value; the suite itself finishing is the "does not hang" check.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from esgrpo.rewards import boolq_reward, countdown_reward, last_boxed, math_reward, mcq_reward
+from esgrpo.rewards.countdown import MAX_ABS_VALUE, evaluate_expression
+from esgrpo.rewards.extract import TAIL_CHARS
+from esgrpo.rewards.math import normalize_answer, parse_number
+from esgrpo.rewards.mcq import extract_choice
+
+ADVERSARIAL = [
+    "",
+    "9**9**9",
+    r"\boxed{9**9**9}",
+    r"\boxed{9**9**9**9**9}",
+    r"\boxed{10**1000000}",
+    r"\boxed{99999999999999999999*9999999999999999}",
+    r"\boxed{" + "9" * 5000 + "}",
+    r"\boxed{" + "9" * 200 + "*" + "9" * 50 + "}",
+    r"\boxed{1e309}",
+    r"\boxed{" + "(" * 10_000 + "1" + ")" * 10_000 + "}",
+    "(" * 10_000,
+    r"\boxed{" + "(" * 10_000 + "}",
+    r"\boxed{" + "1+" * 5000 + "1}",
+    r"\boxed{" + "-" * 10_000 + "1}",
+    "x" * 100_000,
+    "A" * 100_000,
+    " " * 100_000 + r"\boxed{3}",
+    r"\boxed{" * 50_000,
+    "{" * 100_000,
+    "}" * 100_000,
+    r"\boxed{3",
+    r"\boxed{3}}}}",
+    r"\boxed{\boxed{3}}",
+    r"\boxed{\boxed{\boxed{\boxed{yes}}}}",
+    r"\boxed{}",
+    r"\boxed{ }",
+    r"\boxed{٣}",
+    r"\boxed{３}",
+    r"\boxed{٣+٥+٧}",
+    "\\boxed{\u0663\u0665}",
+    r"\boxed{1/0}",
+    r"\boxed{7/(5-5)+3}",
+    r"\boxed{(1)(2)}",
+    r"\boxed{__import__('os').system('echo hi')}",
+    r"\boxed{[1]*10**9}",
+    r"\boxed{'a'*10**9}",
+    r"\boxed{lambda: 1}",
+    r"\boxed{True+True}",
+    "\\boxed{\x00}\x00\x00",
+    "\ud800\udfff",
+    "answer:" * 20_000,
+    '"answer": "' * 20_000,
+    "answer:" + " " * 50_000,
+    '"answer"' + " " * 50_000 + ":",
+    r"\text{" * 30_000,
+    r"\boxed{" + r"\text{" * 5_000 + "}",
+    r"\boxed{" + r"\frac{" * 5_000 + "}",
+    r"\boxed{\frac{1}{0}}",
+    r"\boxed{" + "1," * 5_000 + "}",
+]
+JUNK = [None, 123, 1.5, b"\\boxed{3}", ["\\boxed{3}"], {"text": "\\boxed{3}"}, object()]
+
+
+def _all_rewards(text):
+    return [
+        countdown_reward(text, [3, 5, 7], 22),
+        countdown_reward(text, [9, 9, 9], 9),
+        countdown_reward(text, [1], 1),
+        math_reward(text, "3"),
+        math_reward(text, "yes"),
+        mcq_reward(text, "A"),
+        boolq_reward(text, True),
+        boolq_reward(text, False),
+    ]
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL + JUNK, ids=lambda t: repr(t)[:40])
+def test_adversarial_outputs_return_zero_or_one(text):
+    for value in _all_rewards(text):
+        assert value in (0.0, 1.0)
+        assert isinstance(value, float)
+
+
+def test_junk_and_empty_score_zero():
+    for text in JUNK + ["", r"\boxed{}", "(" * 10_000, "{" * 100_000]:
+        assert _all_rewards(text) == [0.0] * 8
+
+
+def test_power_and_huge_numbers_are_rejected():
+    for text in (r"\boxed{9**9**9}", r"\boxed{9**9}", "9**9**9"):
+        assert countdown_reward(text, [9, 9, 9], 9) == 0.0
+    assert countdown_reward(r"\boxed{99999999999999999999*9999999999999999}", [1], 1) == 0.0
+    assert math_reward(r"\boxed{99999999999999999999*9999999999999999}", "1") == 0.0
+    assert math_reward(r"\boxed{" + "9" * 5000 + "}", "9") == 0.0
+
+
+def test_unicode_digits_are_not_numbers():
+    assert math_reward(r"\boxed{٣}", "3") == 0.0
+    assert math_reward(r"\boxed{３}", "3") == 0.0
+    assert countdown_reward(r"\boxed{٣*٥+٧}", [3, 5, 7], 22) == 0.0
+    assert parse_number("٣") is None
+    assert mcq_reward('"answer": "Ｃ"', "C") == 0.0
+
+
+# --- extraction ------------------------------------------------------------------------------
+
+
+def test_last_boxed_nested_and_last():
+    assert last_boxed(r"so \boxed{\frac{1}{2}}.") == r"\frac{1}{2}"
+    assert last_boxed(r"\boxed{1} then \boxed{2}") == "2"
+    assert last_boxed(r"\boxed {7}") == "7"
+    assert last_boxed(r"\boxed{\boxed{3}}") == "3"  # the box that opens last, as in Hendrycks' scorer
+    assert last_boxed(r"\boxed{22} and a truncated \boxed{3") == "22"
+    assert last_boxed(r"\boxed{3") is None
+    assert last_boxed("no box") is None
+    assert last_boxed(None) is None
+    assert last_boxed(r"\boxed{}") == ""
+
+
+def test_last_boxed_only_reads_the_tail():
+    assert last_boxed(r"\boxed{1}" + "x" * (TAIL_CHARS + 10)) is None
+    assert last_boxed("x" * 100_000 + r"\boxed{1}") == "1"
+
+
+# --- countdown -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        r"3*5=15, 15+7=22. \boxed{3*5+7}",
+        r"\boxed{ 7 + 3 * 5 }",
+        r"\boxed{(3*5)+7}",
+        r"\boxed{((3*5)+(7))}",
+        "\\boxed{3*5\n+7}",
+        r"\boxed{3+5+7} no wait \boxed{3*5+7}",
+        r"\boxed{\boxed{3*5+7}}",
+    ],
+)
+def test_countdown_correct(text):
+    assert countdown_reward(text, [3, 5, 7], 22) == 1.0
+
+
+def test_countdown_fractions_and_negative_intermediates_allowed():
+    assert countdown_reward(r"\boxed{(8-2)/3*4}", [8, 2, 3, 4], 8) == 1.0
+    assert countdown_reward(r"\boxed{3/2*4}", [3, 2, 4], 6) == 1.0
+    assert countdown_reward(r"\boxed{(2-5)*(1-4)}", [2, 5, 1, 4], 9) == 1.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        r"\boxed{3+5+7}",  # wrong value
+        r"\boxed{3*5+7+3}",  # a number used twice
+        r"\boxed{3*5}",  # a number unused
+        r"\boxed{3*5+7=22}",  # equation, not expression
+        r"\boxed{-3+5*5}",  # unary minus rejected
+        r"\boxed{+3*5+7}",  # unary plus rejected
+        r"\boxed{3*5+7.0}",  # float
+        r"\boxed{3 \times 5 + 7}",  # LaTeX operators are not accepted
+        r"\boxed{x*5+7}",
+        r"\boxed{22}",
+        r"\boxed{3*5+7} then \boxed{3+5+7}",  # the last box counts
+        "3*5+7",
+        r"\boxed{3*5+7//1}",
+        r"\boxed{3*5%7}",
+        r"\boxed{True*5+7}",
+        r"\boxed{0x3*5+7}",
+        r"\boxed{3_0*5+7}",
+    ],
+)
+def test_countdown_wrong(text):
+    assert countdown_reward(text, [3, 5, 7], 22) == 0.0
+
+
+def test_countdown_division_by_zero_and_bounds():
+    assert countdown_reward(r"\boxed{7/(5-5)+3}", [7, 5, 5, 3], 3) == 0.0
+    assert evaluate_expression("100000*100000") is None  # intermediate above MAX_ABS_VALUE
+    assert evaluate_expression(str(MAX_ABS_VALUE + 1)) is None
+    assert evaluate_expression("1+" * 200 + "1") is None  # longer than MAX_EXPR_CHARS
+    assert evaluate_expression("(" * 40 + "1" + ")" * 40) is None  # deeper than MAX_PAREN_DEPTH
+    value, literals = evaluate_expression("(8-2)/3*4")
+    assert value == 8 and literals == [8, 2, 3, 4]
+
+
+def test_countdown_bad_target_types_score_zero():
+    assert countdown_reward(r"\boxed{3*5+7}", None, 22) == 0.0
+    assert countdown_reward(r"\boxed{3*5+7}", [3, 5, 7], "twenty-two") == 0.0
+    assert countdown_reward(r"\boxed{3*5+7}", [3, 5, 7], 23) == 0.0
+
+
+# --- math ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("boxed", "gold"),
+    [
+        ("22", "22"),
+        (r"\dfrac{1}{2}", r"\frac{1}{2}"),
+        (r"\tfrac12", r"\frac{1}{2}"),
+        (r"\frac12", r"\frac{1}{2}"),
+        ("0.5", r"\frac{1}{2}"),
+        ("1/2", r"\frac{1}{2}"),
+        (r"-\frac{3}{4}", "-0.75"),
+        (r"\frac{-3}{4}", r"-\frac{3}{4}"),
+        ("22.0", "22"),
+        ("22.", "22"),
+        (r"\left( 3, 4 \right)", "(3,4)"),
+        (r"90^\circ", "90"),
+        (r"90^{\circ}", "90"),
+        (r"\text{(C)}", r"\text{(C)}"),
+        (r"10\%", "10"),
+        (r"\$5", "5"),
+        ("$5$", "5"),
+        ("x = 5", "5"),
+        ("1,000", "1000"),
+        (r"5\text{ cm}", "5"),
+        (r"\sqrt2", r"\sqrt{2}"),
+        (r"2\!\sqrt{3}", r"2\sqrt{3}"),
+        (r"\text{Monday}", "Monday"),
+        (r"\mbox{yes}", r"\text{yes}"),
+    ],
+)
+def test_math_equivalent(boxed, gold):
+    assert math_reward(rf"so \boxed{{{boxed}}}", gold) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "gold"),
+    [
+        (r"\boxed{23}", "22"),
+        (r"\boxed{(4,3)}", "(3,4)"),
+        (r"\boxed{1/0}", "0"),
+        (r"\boxed{\frac{1}{0}}", "0"),
+        ("The answer is 22.", "22"),
+        (r"\boxed{22} and then \boxed{23}", "22"),
+        (r"\boxed{}", ""),
+        (r"\boxed{2\sqrt{3}}", r"\sqrt{12}"),  # no symbolic equivalence
+        (r"\boxed{1,2}", "12"),
+    ],
+)
+def test_math_not_equivalent(text, gold):
+    assert math_reward(text, gold) == 0.0
+
+
+def test_math_last_box_wins_and_truncated_box_ignored():
+    assert math_reward(r"\boxed{1} ... \boxed{22}", "22") == 1.0
+    assert math_reward(r"\boxed{22} but a truncated \boxed{2", "22") == 1.0
+
+
+def test_math_normalize_and_parse():
+    assert normalize_answer(r" \left[ \dfrac{1}{2}, 3 \right). ") == r"[\frac{1}{2},3)"
+    assert parse_number("-.5") == parse_number(r"-\frac{1}{2}")
+    assert parse_number("1,234.5") == parse_number("2469/2")
+    assert parse_number("1" * 100) is None
+    assert parse_number("abc") is None
+
+
+# --- chemistry MCQ ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [
+        ('Fe is iron. "answer": "C"', "C"),
+        ('{"answer":"C"}', "C"),
+        ('"Answer" : " c "', "C"),
+        ('"answer": "B" and later Answer: C', "B"),  # the JSON field wins
+        ('"answer": "A" then "answer": "D"', "D"),  # its last occurrence
+        ("Answer: C", "C"),
+        ("so the ANSWER: (C)", "C"),
+        ("**Answer:** C", "C"),
+        ("answer: B. D is tempting", "B"),  # the key beats a later standalone letter
+        ("I pick B, not C.", "C"),  # else the last standalone letter
+        ("C", "C"),
+    ],
+)
+def test_mcq_extraction(text, letter):
+    assert extract_choice(text) == letter
+    assert mcq_reward(text, letter) == 1.0
+    assert mcq_reward(text, "A" if letter != "A" else "B") == 0.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["answer: iron", "The answer is Boron.", "answer: a mixture", "ABCD", "E", "answer: E", "", "(c)"],
+)
+def test_mcq_no_choice(text):
+    assert extract_choice(text) is None
+    for gold in "ABCD":
+        assert mcq_reward(text, gold) == 0.0
+
+
+def test_mcq_gold_letter_validation():
+    assert mcq_reward('"answer": "C"', "c") == 1.0
+    assert mcq_reward('"answer": "C"', " C ") == 1.0
+    assert mcq_reward('"answer": "E"', "E") == 0.0
+    assert mcq_reward("C", None) == 0.0
+
+
+# --- BoolQ -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "gold"),
+    [
+        (r"The passage says so. \boxed{yes}", True),
+        (r"\boxed{No}", False),
+        (r"\boxed{ TRUE }", True),
+        (r"\boxed{false}", False),
+        (r"\boxed{\text{yes}}", True),
+        (r"\boxed{yes.}", True),
+        (r"\boxed{no} hmm, actually \boxed{yes}", True),
+        (r"\boxed{\boxed{no}}", False),
+    ],
+)
+def test_boolq_correct(text, gold):
+    assert boolq_reward(text, gold) == 1.0
+    assert boolq_reward(text, not gold) == 0.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["yes", "Answer: yes", r"\boxed{maybe}", r"\boxed{yes and no}", r"\boxed{y}", r"\boxed{yes} \boxed{no}"],
+)
+def test_boolq_wrong(text):
+    assert boolq_reward(text, True) == 0.0
+
+
+def test_boolq_gold_as_text():
+    assert boolq_reward(r"\boxed{yes}", "true") == 1.0
+    assert boolq_reward(r"\boxed{no}", "False") == 1.0
+    assert boolq_reward(r"\boxed{yes}", None) == 0.0

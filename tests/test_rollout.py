@@ -1,0 +1,100 @@
+"""Generation: greedy determinism, padding equivalence, seeded sampling, EOS handling, log-probs."""
+
+from __future__ import annotations
+
+import torch
+
+from esgrpo.rollout import left_pad, positions, sample_from_logits
+
+MSGS = [
+    [{"role": "system", "content": "Solve it."}, {"role": "user", "content": "Numbers: 3 5 7. Target: 22."}],
+    [{"role": "user", "content": "Is the sky blue?"}],
+    [{"role": "system", "content": "Answer yes or no."}, {"role": "user", "content": "Compute 7+5*3 and 9-2."}],
+]
+
+
+def test_left_pad_and_positions():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0, device=torch.device("cpu"))
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert positions(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_greedy_is_deterministic(micro_policy):
+    prompts = micro_policy.encode(MSGS)
+    a = micro_policy.generate(prompts, max_new_tokens=12)
+    b = micro_policy.generate(prompts, max_new_tokens=12)
+    assert a.response_ids == b.response_ids
+    assert a.texts == b.texts
+
+
+def test_padding_equivalence_greedy(micro_policy):
+    """A prompt alone and inside a left-padded batch gives the same greedy output."""
+    prompts = micro_policy.encode(MSGS)
+    assert len({len(p) for p in prompts}) > 1  # the batch really is padded
+    batch = micro_policy.generate(prompts, max_new_tokens=12)
+    for i, p in enumerate(prompts):
+        alone = micro_policy.generate([p], max_new_tokens=12)
+        assert alone.response_ids[0] == batch.response_ids[i]
+
+
+def test_seeded_sampling_is_batch_independent(micro_policy):
+    """Common random numbers: a row's sample depends only on its seed, not on its batch."""
+    prompts = micro_policy.encode(MSGS)
+    seeds = [11, 22, 33]
+    full = micro_policy.generate(prompts, max_new_tokens=10, temperature=1.0, top_p=0.95, seeds=seeds)
+    again = micro_policy.generate(prompts, max_new_tokens=10, temperature=1.0, top_p=0.95, seeds=seeds)
+    assert full.response_ids == again.response_ids
+    for i in range(3):
+        alone = micro_policy.generate([prompts[i]], max_new_tokens=10, temperature=1.0, top_p=0.95,
+                                      seeds=[seeds[i]])
+        assert alone.response_ids[0] == full.response_ids[i]
+    other = micro_policy.generate(prompts, max_new_tokens=10, temperature=1.0, top_p=0.95, seeds=[1, 2, 3])
+    assert other.response_ids != full.response_ids
+
+
+def test_micro_batching_is_invisible(micro_policy):
+    prompts = micro_policy.encode(MSGS)
+    a = micro_policy.generate(prompts, max_new_tokens=8, temperature=1.0, seeds=[1, 2, 3])
+    b = micro_policy.generate(prompts, max_new_tokens=8, temperature=1.0, seeds=[1, 2, 3], batch_size=1)
+    assert a.response_ids == b.response_ids
+
+
+def test_stops_at_eos_and_reports_logprobs(micro_policy):
+    prompts = micro_policy.encode(MSGS)
+    first = micro_policy.generate(prompts, max_new_tokens=6, return_logprobs=True)
+    for ids, lp in zip(first.response_ids, first.logprobs, strict=True):
+        assert len(ids) == len(lp) and all(x <= 0 for x in lp)
+    # Declare the token row 0 emits third to be an EOS: row 0 must now stop right there.
+    stop = first.response_ids[0][2]
+    micro_policy.eos_ids = micro_policy.eos_ids | {stop}
+    out = micro_policy.generate(prompts, max_new_tokens=6)
+    cut = first.response_ids[0].index(stop) + 1
+    assert out.response_ids[0] == first.response_ids[0][:cut]
+    assert out.finished[0]
+    for ids, fin in zip(out.response_ids, out.finished, strict=True):
+        assert fin == any(t in micro_policy.eos_ids for t in ids)
+        assert len(ids) <= 6
+
+
+def test_generation_logprobs_match_scoring(micro_policy):
+    """log-probs returned by generate equal those recomputed by a full forward pass."""
+    prompts = micro_policy.encode(MSGS)
+    out = micro_policy.generate(prompts, max_new_tokens=8, temperature=1.0, seeds=[4, 5, 6], return_logprobs=True)
+    with torch.no_grad():
+        lp, mask = micro_policy.logprobs(prompts, out.response_ids)
+    for i, row in enumerate(out.logprobs):
+        n = len(row)
+        assert int(mask[i].sum()) == n
+        assert torch.allclose(lp[i, :n], torch.tensor(row), atol=1e-4)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
+    gens = [torch.Generator().manual_seed(s) for s in range(1)]
+    seen = set()
+    for s in range(200):
+        gens = [torch.Generator().manual_seed(s)]
+        seen.add(int(sample_from_logits(logits, 1.0, 0.8, gens)))
+    assert seen == {0, 1}
+    assert int(sample_from_logits(logits, 0.0, 1.0, None)) == 0

@@ -1,0 +1,29 @@
+"""Run directories: resolved config, append-only metrics, atomic results, torn-line tolerance."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from esgrpo.config import EvalConfig
+from esgrpo.runs import RunDir, read_jsonl
+
+
+def test_run_dir_records(tmp_path):
+    run = RunDir(tmp_path / "r", EvalConfig(), command="eval")
+    run.log({"step": 1, "loss": 0.5})
+    run.log({"step": 2, "loss": float("nan")})
+    run.write_results({"accuracy": 0.25})
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["model"]["name"] == "tiny"
+    assert [r["step"] for r in run.metrics()] == [1, 2]
+    assert run.metrics()[1]["loss"] is None  # NaN is stored as null, the file stays valid JSON
+    assert json.loads((tmp_path / "r" / "results.json").read_text()) == {"accuracy": 0.25}
+    assert json.loads((tmp_path / "r" / "meta.json").read_text())["command"] == "eval"
+    assert not list((tmp_path / "r").glob("*.tmp"))
+
+
+def test_torn_last_line_is_ignored(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
+    assert read_jsonl(p) == [{"a": 1}, {"a": 2}]
