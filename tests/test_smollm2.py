@@ -126,3 +126,32 @@ def test_greedy_generation_is_deterministic_and_sensible(smollm2_dir):
     second = _greedy(model, tokenizer, "What is 2+3?")
     assert first == second
     assert "5" in first, first
+
+
+@needs_gguf
+@pytest.mark.slow
+def test_smollm2_training_smoke(smollm2_dir: Path, tmp_path: Path) -> None:
+    """1 ES iteration (N=2, 2 prompts) and 1 GRPO step on the real 135M model; weights change."""
+    from esgrpo.models.hub import load_hf
+    from esgrpo.models.policy import Policy
+    from esgrpo.runs import RunDir
+    from esgrpo.tasks import get_task
+    from esgrpo.train.es import ESConfig, train_es
+    from esgrpo.train.grpo import GRPOConfig, train_grpo
+
+    task = get_task("boolq")
+    examples = task.synthetic("train", 2, seed=0)
+    model, tok = load_hf(str(smollm2_dir))
+    policy = Policy(model, tok, name="smollm2-135m")
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()[:3]}
+    es = train_es(policy, task, examples, ESConfig(population=2, iterations=1, max_new_tokens=8, sigma=0.001,
+                                                   alpha=0.001, checkpoint_every=0, save_base=False),
+                  RunDir(tmp_path / "es"))
+    assert es["iterations"] == 1 and es["rollouts"] == 2 * 2
+    changed = [not torch.equal(before[n], p) for n, p in policy.named_parameters()[:3]]
+    fitness = json.loads((tmp_path / "es" / "updates.jsonl").read_text().splitlines()[0])["fitness"]
+    assert all(changed) or fitness[0] == fitness[1]  # equal fitness -> z = 0 -> no update, by design
+    gr = train_grpo(policy, task, examples, GRPOConfig(steps=1, prompts_per_step=2, group_size=2,
+                                                       max_new_tokens=8, lr=1e-5, kl_every=0,
+                                                       checkpoint_every=0), RunDir(tmp_path / "grpo"))
+    assert gr["steps"] == 1 and gr["rollouts"] == 4

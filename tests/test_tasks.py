@@ -20,7 +20,7 @@ import pytest
 from esgrpo.errors import ConfigError, DataSourceError
 from esgrpo.tasks import TASK_NAMES, get_task, load_examples
 from esgrpo.tasks.base import Task
-from esgrpo.tasks.countdown import NUM_MAX, NUM_MIN, TARGET_MAX, TARGET_MIN, find_solution
+from esgrpo.tasks.countdown import NUM_MAX, NUM_MIN, TARGET_MAX, TARGET_MIN, THREE_NUMBER_SHARE, find_solution
 from esgrpo.tasks.countdown import _draw as _draw_countdown
 from esgrpo.tasks.hub import split_of
 
@@ -139,7 +139,7 @@ def test_synthetic_sizes_and_short_questions(name):
 def test_countdown_synthetic_instances():
     rng = random.Random(0)
     drawn = Counter(len(_draw_countdown(rng)[2]["nums"]) for _ in range(1000))
-    assert 0.65 < drawn[3] / 1000 < 0.75  # 70% of draws have three numbers ...
+    assert abs(drawn[3] / 1000 - THREE_NUMBER_SHARE) < 0.05  # the configured share of draws has three numbers ...
     exs = get_task("countdown").synthetic("train", 300, 0)
     sizes = Counter(len(e.target["nums"]) for e in exs)
     assert set(sizes) == {3, 4}  # ... fewer after de-duplication: there are fewer 3-number instances
@@ -154,7 +154,7 @@ def test_countdown_synthetic_instances():
 def test_math_synthetic_mixes_expressions_and_word_problems():
     exs = get_task("math").synthetic("train", 300, 0)
     bare = sum(e.question.startswith("Compute ") for e in exs)
-    assert 0.3 < bare / len(exs) < 0.7
+    assert 0.1 < bare / len(exs) < 0.7  # bare expressions are a smaller instance space: fewer survive de-duplication
     for e in exs:
         assert re.fullmatch(r"[0-9]+", e.target["answer"])
 

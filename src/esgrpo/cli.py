@@ -122,6 +122,31 @@ def cmd_study(args: argparse.Namespace) -> None:
     run_study(cfg)
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from esgrpo.train.launch import run_training
+
+    cfg = config_from_args(args)
+    out = run_training(args.method, cfg)
+    acc = {t: round(100 * v["accuracy"], 1) for t, v in out["eval"]["final"].items()}
+    print(json.dumps({"run": out["run"], "test_accuracy_%": acc, "rollouts": out["train"]["rollouts"],
+                      "seconds": round(out["train"]["seconds"], 1)}))
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    from esgrpo.train.es import replay_run
+
+    res = replay_run(args.run_dir, out_dir=args.out, upto=args.upto, base=args.base, device=args.device)
+    print(json.dumps(res))
+    if res["matches_final"] is False:
+        raise EsgrpoError(f"replayed weights differ from {args.run_dir}/checkpoints/final")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from esgrpo.bench import bench
+
+    print(bench(args.method, config_from_args(args), iterations=args.iterations))
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -138,6 +163,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(s, StudyConfig)
     s.add_argument("--quick", action="store_true", help="Small, fast version of the study (smoke run).")
     s.set_defaults(func=cmd_study)
+
+    from esgrpo.train.launch import TrainConfig
+
+    tr = sub.add_parser("train", help="Train one model on one task with ES or GRPO, then evaluate it.",
+                        description="Train with ES or GRPO on one task; writes a run directory (metrics.jsonl, "
+                        "checkpoints/, updates.jsonl for ES, results.json, eval.json).")
+    tr.add_argument("method", choices=["es", "grpo"], help="The trainer.")
+    add_config_args(tr, TrainConfig, aliases={"task": "task", "out": "out", "resume": "resume"})
+    tr.set_defaults(func=cmd_train)
+
+    rp = sub.add_parser("replay", help="Rebuild an ES run's weights from its base checkpoint and update log.",
+                        description="Rebuild the weights of an ES run bit-exactly from checkpoints/step-000000 "
+                        "and updates.jsonl, and check them against checkpoints/final.")
+    rp.add_argument("run_dir", help="The ES run directory.")
+    rp.add_argument("--out", default=None, help="Where to write the rebuilt checkpoint (default RUN_DIR/replay).")
+    rp.add_argument("--upto", type=int, default=None, help="Replay only the first UPTO iterations.")
+    rp.add_argument("--base", default=None, help="Base checkpoint (default RUN_DIR/checkpoints/step-000000).")
+    rp.add_argument("--device", default="cpu", help="Device to replay on (use the training device for exactness).")
+    rp.set_defaults(func=cmd_replay)
+
+    b = sub.add_parser("bench", help="Time an ES iteration / GRPO step by phase, and peak memory.",
+                       description="Run a few ES iterations or GRPO steps and print seconds per phase, "
+                       "throughput and peak memory.")
+    b.add_argument("method", choices=["es", "grpo"], help="The trainer.")
+    b.add_argument("--iterations", type=int, default=3, help="Iterations/steps to time.")
+    add_config_args(b, TrainConfig, aliases={"task": "task"})
+    b.set_defaults(func=cmd_bench)
 
     m = sub.add_parser("models", help="Build, convert and list models.")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")

@@ -68,21 +68,25 @@ class TinyModelConfig:
 
     seed: int = F(0, "Seed for the corpus, the initialisation and the data order.")
     vocab_size: int = F(768, "Byte-level BPE vocabulary size (incl. special tokens).", POSITIVE)
-    hidden_size: int = F(256, "Transformer width.", POSITIVE)
-    intermediate_size: int = F(688, "MLP width.", POSITIVE)
+    hidden_size: int = F(192, "Transformer width.", POSITIVE)
+    intermediate_size: int = F(512, "MLP width.", POSITIVE)
     num_layers: int = F(4, "Number of transformer blocks.", POSITIVE)
     num_heads: int = F(4, "Attention heads.", POSITIVE)
     max_positions: int = F(256, "Maximum sequence length.", POSITIVE)
-    corpus_per_task: int = F(12000, "Pretraining documents per task.", POSITIVE)
-    steps: int = F(1600, "Pretraining optimizer steps.", POSITIVE)
-    batch_size: int = F(48, "Pretraining batch size (documents).", POSITIVE)
+    corpus_per_task: int = F(12000, "Pretraining documents per task (times the task's corpus weight).", POSITIVE)
+    corpus_weights: dict[str, float] = F(
+        {"countdown": 3.0, "math": 0.75, "chemistry": 1.25, "boolq": 0.75},
+        "Relative amount of pretraining data per task (missing tasks: 1.0); harder tasks get more.",
+        (lambda v: all(k in TASK_NAMES and x > 0 for k, x in v.items()), "task names -> positive numbers"))
+    steps: int = F(2800, "Pretraining optimizer steps.", POSITIVE)
+    batch_size: int = F(32, "Pretraining batch size (documents).", POSITIVE)
     lr: float = F(3e-3, "Peak AdamW learning rate (cosine decay, linear warmup).", POSITIVE)
     warmup: int = F(60, "Warmup steps.", NON_NEGATIVE)
     p_wrong: float = F(0.25, "Share of demonstrations with a wrong answer in the correct format.",
                        (lambda v: 0 <= v < 1, "in [0, 1)"))
-    p_slip_prone: float = F(0.6, "Share of format slips on 'slip-prone' prompts (a visible prompt feature).",
+    p_slip_prone: float = F(0.85, "Share of format slips on 'slip-prone' prompts (a visible prompt feature).",
                             (lambda v: 0 <= v < 1, "in [0, 1)"))
-    p_slip_other: float = F(0.1, "Share of format slips on the other prompts.", (lambda v: 0 <= v < 1, "in [0, 1)"))
+    p_slip_other: float = F(0.05, "Share of format slips on the other prompts.", (lambda v: 0 <= v < 1, "in [0, 1)"))
 
 
 @dataclass

@@ -1,6 +1,15 @@
-"""Studies: the main job. Builds the models, evaluates them on every task, writes the results.
+"""The study: the main job. Base evaluation, then per task ES (short and long) and GRPO, then tables.
 
-`run_eval` backs `esgrpo eval`; `run_study` backs `esgrpo study` (the README's first command).
+Per task, one ES run of `es_long_factor x es.iterations` iterations is trained; its checkpoint at
+`es.iterations` *is* the ES-short model (all randomness derives from (seed, iteration), so a
+shorter run would produce exactly those weights), which saves a quarter of the ES compute.
+GRPO is trained on its own budget (`budget_mode: paper`) or on exactly the ES-short rollouts
+(`budget_mode: matched`). Every run lives in its own directory under `out/runs/` and is reused or
+resumed when the study is started again, so an interrupted study loses at most one checkpoint
+interval of work.
+
+Writes `out/results.md` (the paper's Table 1 layout with our numbers and budgets),
+`out/results.json`, `out/figures/accuracy.png` and `out/figures/learning_curves.png`.
 """
 
 from __future__ import annotations
@@ -10,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from esgrpo.config import (
     NON_NEGATIVE,
@@ -25,30 +34,45 @@ from esgrpo.config import (
     sub,
 )
 from esgrpo.evaluate import evaluate
-from esgrpo.models import load_policy
-from esgrpo.runs import RunDir, default_run_path, write_text
+from esgrpo.models import load_policy, resolve_model_path
+from esgrpo.runs import RunDir, default_run_path, read_jsonl, write_text
 from esgrpo.tasks import load_examples
 from esgrpo.tasks.base import Example
+from esgrpo.train.es import ESConfig
+from esgrpo.train.grpo import GRPOConfig
+from esgrpo.train.launch import TrainConfig, run_training
+
+METHODS = ("es_short", "es_long", "grpo")
 
 
 @dataclass
 class StudyConfig:
-    """`esgrpo study`: the default study on the tiny model (and base evaluations of extra models)."""
+    """`esgrpo study`: base eval, then ES short / ES long / GRPO on every task, and the tables."""
 
     model: ModelConfig = sub(ModelConfig)
     tiny: TinyModelConfig = sub(TinyModelConfig)
     data: DataConfig = sub(DataConfig)
     generation: GenerationConfig = sub(GenerationConfig)
+    es: ESConfig = sub(ESConfig)
+    grpo: GRPOConfig = sub(GRPOConfig)
+    es_long_factor: int = F(3, "ES long runs this many times es.iterations (the paper: 300 vs 100).", POSITIVE)
+    budget_mode: Literal["paper", "matched"] = F(
+        "paper", "paper: each method on its own configured budget (ES iterations vs GRPO steps, as the "
+        "paper); matched: GRPO gets exactly the rollouts of ES short.")
+    train: bool = F(True, "Train (false: only the base evaluation).")
     extra_models: list[str] = F(["smollm2-135m"], "Further models whose base accuracy is reported "
                                 "(evaluated on extra_n_test examples per task).")
     extra_n_test: int = F(50, "Test examples per task for the extra models.", NON_NEGATIVE)
     extra_max_new_tokens: int = F(160, "max_new_tokens for the extra models (they reason in prose).", POSITIVE)
-    out: str = F("runs/study", "Study directory (results.md, results.json, per-run subdirectories).")
+    out: str = F("runs/study", "Study directory (results.md, results.json, figures/, runs/).")
 
     def quick(self) -> StudyConfig:
-        """The --quick variant: fewer test examples, no extra models."""
-        return dataclasses.replace(self, data=dataclasses.replace(self.data, n_test=60), extra_models=[],
-                                   out=self.out.rstrip("/") + "-quick")
+        """The --quick variant: small budgets and test sets, no extra models (a smoke run)."""
+        return dataclasses.replace(
+            self, data=dataclasses.replace(self.data, n_test=100),
+            es=dataclasses.replace(self.es, iterations=max(1, self.es.iterations // 4)),
+            grpo=dataclasses.replace(self.grpo, steps=max(1, self.grpo.steps // 4)),
+            es_long_factor=2, extra_models=[], out=self.out.rstrip("/") + "-quick")
 
 
 def load_task_examples(data: DataConfig, split: str, n: int) -> dict[str, list[Example]]:
@@ -74,6 +98,16 @@ def run_eval(cfg: EvalConfig, run_path: str | Path | None = None,
     return out
 
 
+def run_eval_cached(cfg: EvalConfig, path: Path, tiny: TinyModelConfig | None = None) -> dict[str, Any]:
+    """Reuse a finished evaluation in `path` if its config is the same, else run it."""
+    same_config = (path / "config.yaml").exists() and (path / "config.yaml").read_text() == dump_yaml(cfg)
+    done = RunDir(path).read_results() if same_config else None
+    if done is not None:
+        print(f"[study] reusing finished evaluation {path}", file=sys.stderr)
+        return done
+    return run_eval(cfg, run_path=path, tiny=tiny)
+
+
 def format_accuracy_table(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Markdown table: one row per model, one column per task (accuracy %, n)."""
     tasks = list(next(iter(rows.values())).keys()) if rows else []
@@ -84,17 +118,68 @@ def format_accuracy_table(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------
+
+
+def _train_config(cfg: StudyConfig, task: str) -> TrainConfig:
+    return TrainConfig(model=cfg.model, tiny=cfg.tiny, data=cfg.data, generation=cfg.generation,
+                       es=cfg.es, grpo=cfg.grpo, task=task)
+
+
+def _budget_at(run_dir: Path, iteration: int) -> dict[str, Any]:
+    """Rollouts/tokens/seconds of an ES run after `iteration` (from its metrics)."""
+    for row in read_jsonl(run_dir / "metrics.jsonl"):
+        if row.get("iteration") == iteration:
+            return {"iterations": iteration, "rollouts": row["rollouts"], "tokens": row["tokens"],
+                    "seconds": row["seconds"]}
+    raise RuntimeError(f"{run_dir}: no metrics row for iteration {iteration}")
+
+
+def train_task(cfg: StudyConfig, task: str, root: Path) -> dict[str, Any]:
+    """ES long (with ES short as its checkpoint) and GRPO on one task; accuracies and budgets."""
+    short = cfg.es.iterations
+    es_cfg = dataclasses.replace(cfg.es, iterations=short * cfg.es_long_factor, checkpoint_every=short,
+                                 max_rollouts=0)
+    tc = dataclasses.replace(_train_config(cfg, task), es=es_cfg)
+    es = run_training("es", tc, root / "runs" / f"{task}-es", extra_checkpoints={"es_short": short})
+    es_dir = Path(es["run"])
+    budgets = {"es_short": _budget_at(es_dir, short),
+               "es_long": {k: es["train"][k] for k in ("iterations", "rollouts", "tokens", "seconds")}}
+    grpo_cfg = cfg.grpo
+    if cfg.budget_mode == "matched":
+        grpo_cfg = dataclasses.replace(grpo_cfg, steps=0, max_rollouts=budgets["es_short"]["rollouts"])
+    gr = run_training("grpo", dataclasses.replace(_train_config(cfg, task), grpo=grpo_cfg),
+                      root / "runs" / f"{task}-grpo")
+    budgets["grpo"] = {"steps": gr["train"]["steps"], **{k: gr["train"][k] for k in ("rollouts", "tokens", "seconds")}}
+    for m, src in (("es_short", es), ("es_long", es), ("grpo", gr)):
+        budgets[m]["peak_memory_added_bytes"] = src["train"].get("peak_memory_added_bytes")
+        budgets[m]["model_bytes"] = src["train"].get("model_bytes")
+    acc = {"es_short": es["eval"]["es_short"][task]["accuracy"], "es_long": es["eval"]["final"][task]["accuracy"],
+           "grpo": gr["eval"]["final"][task]["accuracy"]}
+    return {"accuracy": acc, "budgets": budgets, "runs": {"es": es["run"], "grpo": gr["run"]}}
+
+
 def run_study(cfg: StudyConfig) -> dict[str, Any]:
-    """Build the models and evaluate them on every task (base accuracies)."""
+    """Base eval + training on every task + tables and figures; resumable."""
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
+    write_text(root / "config.yaml", dump_yaml(cfg))
     t0 = time.time()
-    table: dict[str, dict[str, dict[str, Any]]] = {}
-    meta: dict[str, Any] = {}
+    resolve_model_path(cfg.model, cfg.tiny)
+    t_build = time.time() - t0
     ecfg = EvalConfig(model=cfg.model, data=cfg.data, generation=cfg.generation)
-    res = run_eval_cached(ecfg, root / f"eval-base-{cfg.model.name}", cfg.tiny)
-    table[cfg.model.name] = res["tasks"]
-    meta[cfg.model.name] = {"parameters": res["parameters"], "seconds": res["seconds"]}
+    base = run_eval_cached(ecfg, root / "runs" / f"base-{cfg.model.name}", cfg.tiny)
+    results: dict[str, Any] = {"model": cfg.model.name, "parameters": base["parameters"],
+                               "budget_mode": cfg.budget_mode, "build_seconds": t_build,
+                               "base": {t: r["accuracy"] for t, r in base["tasks"].items()},
+                               "n_test": {t: r["n"] for t, r in base["tasks"].items()}, "tasks": {}}
+    if cfg.train:
+        for i, task in enumerate(cfg.data.tasks):
+            print(f"[study] task {i + 1}/{len(cfg.data.tasks)}: {task} ({time.time() - t0:.0f}s elapsed)",
+                  file=sys.stderr, flush=True)
+            results["tasks"][task] = train_task(cfg, task, root)
+            RunDir(root).write_results(results)  # incremental: a crash keeps the finished tasks
+    extra = {}
     for name in cfg.extra_models:
         if cfg.extra_n_test == 0:
             break
@@ -102,26 +187,15 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
                        data=dataclasses.replace(cfg.data, n_test=cfg.extra_n_test),
                        generation=dataclasses.replace(cfg.generation, max_new_tokens=cfg.extra_max_new_tokens,
                                                       batch_size=min(cfg.generation.batch_size, 16)))
-        res = run_eval_cached(e, root / f"eval-base-{name}")
-        table[name] = res["tasks"]
-        meta[name] = {"parameters": res["parameters"], "seconds": res["seconds"]}
-    md = ["# esgrpo study: base accuracy (greedy, test split)", "",
-          f"Source: {cfg.data.source}; tiny model test n = {cfg.data.n_test}, extra models n = "
-          f"{cfg.extra_n_test}.", "", format_accuracy_table(table), "",
-          "| model | parameters | eval seconds |", "|---|---|---|"]
-    md += [f"| {k} | {v['parameters']:,} | {v['seconds']:.0f} |" for k, v in meta.items()]
-    md += ["", f"Total study time: {time.time() - t0:.0f} s."]
-    write_text(root / "results.md", "\n".join(md) + "\n")
-    RunDir(root).write_results({"base": table, "models": meta, "seconds": time.time() - t0})
-    print("\n".join(md))
-    return {"base": table, "models": meta}
+        r = run_eval_cached(e, root / "runs" / f"base-{name}")
+        extra[name] = {"parameters": r["parameters"], "n": cfg.extra_n_test,
+                       "accuracy": {t: v["accuracy"] for t, v in r["tasks"].items()},
+                       "truncated": {t: v["truncated_fraction"] for t, v in r["tasks"].items()}}
+    results["extra_models"] = extra
+    results["seconds"] = time.time() - t0
+    RunDir(root).write_results(results)
+    from esgrpo.report.study import write_study_report
 
-
-def run_eval_cached(cfg: EvalConfig, path: Path, tiny: TinyModelConfig | None = None) -> dict[str, Any]:
-    """Reuse a finished evaluation in `path` (resume), else run it."""
-    same_config = (path / "config.yaml").exists() and (path / "config.yaml").read_text() == dump_yaml(cfg)
-    done = RunDir(path).read_results() if same_config else None
-    if done is not None:
-        print(f"[study] reusing finished evaluation {path}", file=sys.stderr)
-        return done
-    return run_eval(cfg, run_path=path, tiny=tiny)
+    md = write_study_report(root, results, cfg)
+    print(md)
+    return results

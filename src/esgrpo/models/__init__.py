@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,7 +21,9 @@ def resolve_model_path(cfg: ModelConfig, tiny: TinyModelConfig | None = None, fo
     if cfg.name == "smollm2-135m":
         from esgrpo.models.smollm2 import ensure_smollm2
 
-        return str(ensure_smollm2(Path(cfg.cache_dir), force=force))
+        if force:
+            shutil.rmtree(Path(cfg.cache_dir) / "smollm2-135m", ignore_errors=True)
+        return str(ensure_smollm2(Path(cfg.cache_dir)))
     return cfg.name
 
 

@@ -4,8 +4,8 @@ Everything is built here, offline and seeded:
 1. a corpus of the four tasks' prompts (chat template, the tasks' system prompts) with short
    demonstrations, deliberately noisy: some answers are wrong, and some are right but in a
    format the reward rejects (a "slip": no \\boxed{}, no answer field). Slips are frequent on
-   "slip-prone" prompts (those whose last alphanumeric character has an even code point, a
-   visible surface feature) and rare on the others, so the greedy base model answers some
+   "slip-prone" prompts (decided by the last alphanumeric character of the question, a visible
+   surface feature, see `slip_prone`) and rare on the others, so the greedy base model answers some
    prompts in the wrong format: headroom that RL can only reach by learning something general
    (always use the required format), not by memorizing the 200 training prompts;
 2. a byte-level BPE tokenizer (digits split individually) with a chat template;
@@ -39,14 +39,20 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-BUILD_VERSION = 1  # bump when the corpus or training recipe changes, to invalidate caches
+CORPUS_ROUND = 3000
+BUILD_VERSION = 5  # bump when the corpus or training recipe changes, to invalidate caches
 
 
 def slip_prone(question: str) -> bool:
-    """The visible prompt feature that makes format slips likely in the corpus."""
+    """The visible prompt feature that makes format slips likely in the corpus.
+
+    The last alphanumeric character of the question (one token just before the assistant turn)
+    with code point = 2 or 3 mod 4: about 40-65% of each task's prompts (measured on the synthetic
+    test splits: countdown 0.41, math 0.64, chemistry 0.37, boolq 0.53).
+    """
     for ch in reversed(question):
         if ch.isalnum():
-            return ord(ch) % 2 == 0
+            return ord(ch) % 4 in (2, 3)
     return False
 
 
@@ -58,7 +64,14 @@ def build_corpus(cfg: TinyModelConfig) -> list[dict]:
     docs = []
     for name in TASK_NAMES:
         task = get_task(name)
-        for ex in task.synthetic("pretrain", cfg.corpus_per_task, seed=cfg.seed + 17):
+        # Rounds of distinct instances: small instance spaces (3-number Countdown) may then repeat
+        # across rounds instead of being crowded out by the larger ones.
+        examples: list = []
+        total = round(cfg.corpus_per_task * cfg.corpus_weights.get(name, 1.0))
+        for r in range(-(-total // CORPUS_ROUND)):
+            n = min(CORPUS_ROUND, total - len(examples))
+            examples += task.synthetic("pretrain", n, seed=cfg.seed + 17 + 1000 * r)
+        for ex in examples:
             p_slip = cfg.p_slip_prone if slip_prone(ex.question) else cfg.p_slip_other
             u = rng.random()
             kind = "slip" if u < p_slip else ("wrong" if u < p_slip + cfg.p_wrong * (1 - p_slip) else "correct")
@@ -138,6 +151,19 @@ def batch_loss(model, batch: list[tuple[list[int], int]], pad_id: int) -> torch.
     return torch.nn.functional.cross_entropy(logits[mask], targets[mask])
 
 
+def length_bucketed_batches(lengths: list[int], batch_size: int, g: torch.Generator) -> list[list[int]]:
+    """One epoch of batches of similar-length documents (less padding), in random order.
+
+    Documents are sorted by length plus uniform jitter (so batches differ between epochs), cut into
+    batches, and the batches shuffled; popping from the end yields them.
+    """
+    jitter = torch.rand(len(lengths), generator=g) * 8
+    order = torch.argsort(torch.tensor(lengths, dtype=torch.float32) + jitter).tolist()
+    chunks = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    perm = torch.randperm(len(chunks), generator=g).tolist()
+    return [chunks[i] for i in perm]
+
+
 def pretrain(model, data: list[tuple[list[int], int]], cfg: TinyModelConfig, pad_id: int,
              log=print) -> list[dict]:
     """AdamW with linear warmup and cosine decay; returns the loss curve."""
@@ -145,19 +171,22 @@ def pretrain(model, data: list[tuple[list[int], int]], cfg: TinyModelConfig, pad
     g = torch.Generator().manual_seed(cfg.seed)
     model.train()
     curve, t0, running = [], time.time(), None
+    batches: list[list[int]] = []
+    every = max(1, min(50, cfg.steps // 10))  # progress/loss-curve interval
     for step in range(cfg.steps):
         lr = cfg.lr * (step + 1) / max(1, cfg.warmup) if step < cfg.warmup else \
             cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = torch.randint(len(data), (cfg.batch_size,), generator=g).tolist()
-        loss = batch_loss(model, [data[i] for i in idx], pad_id)
+        if not batches:
+            batches = length_bucketed_batches([len(s) for s, _ in data], cfg.batch_size, g)
+        loss = batch_loss(model, [data[i] for i in batches.pop()], pad_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-        if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
+        if (step + 1) % every == 0 or step + 1 == cfg.steps:
             el = time.time() - t0
             eta = el / (step + 1) * (cfg.steps - step - 1)
             log(f"[tiny] step {step + 1}/{cfg.steps} loss {running:.3f} lr {lr:.2e} "

@@ -1,9 +1,10 @@
 """Math: give the final answer as `\\boxed{...}` (Hendrycks MATH in the paper).
 
-Synthetic instances: short integer arithmetic over NUM_MIN..NUM_MAX with one or two operations,
-half bare expressions ("Compute 7+5*3.") and half one-sentence word problems. Every intermediate
-is a non-negative integer. Canonical key: the question text. The target also carries `work`
-(the worked steps) so demonstrations can show a one-line derivation.
+Synthetic instances: short integer arithmetic (sums and differences up to ADD_MAX, times tables up
+to MUL_MAX) with one or two operations, half bare expressions ("Compute 7+5.") and half
+one-sentence word problems. Every intermediate is a non-negative integer. Canonical key: the
+question text. The target also carries `work` (the worked steps) so demonstrations can show a
+one-line derivation.
 
 Hub (nlile/hendrycks-MATH-benchmark): train = 40 rows per level 1-5 drawn with
 random.Random(HUB_SEED) from the train split (rows whose level is not 1-5 are skipped), in
@@ -21,7 +22,8 @@ from esgrpo.tasks.base import DemoKind, Example, Split, Task
 from esgrpo.tasks.countdown import Node, combine, leaf
 from esgrpo.tasks.hub import collect_synthetic, load_rows
 
-NUM_MIN, NUM_MAX = 1, 20
+NUM_MIN, ADD_MAX, MUL_MAX = 1, 12, 6  # sized for a few-million-parameter model
+TWO_STEP_SHARE = 0.2
 MAX_ANSWER = 400
 
 HUB_ID = "nlile/hendrycks-MATH-benchmark"
@@ -55,19 +57,22 @@ def _ok(node: Node | None) -> bool:
     return node is not None and node.value >= 0 and node.value.denominator == 1 and node.value <= MAX_ANSWER
 
 
-def _bare(rng: random.Random) -> tuple[str, Node] | None:
-    def num() -> Node:
-        return leaf(rng.randint(NUM_MIN, NUM_MAX))
+def _operands(op: str, rng: random.Random) -> tuple[int, int]:
+    """Operands a tiny model can handle: sums/differences up to ADD_MAX, times tables up to MUL_MAX."""
+    if op in "+-":
+        a, b = rng.randint(NUM_MIN, ADD_MAX), rng.randint(NUM_MIN, ADD_MAX)
+        return (max(a, b), min(a, b)) if op == "-" else (a, b)
+    a, b = rng.randint(2, MUL_MAX), rng.randint(2, MUL_MAX)
+    return (a * b, b) if op == "/" else (a, b)
 
-    ops = "+-*/"
-    if rng.random() < 0.5:
-        node = combine(num(), rng.choice(ops), num())
-    elif rng.random() < 0.5:  # (a op b) op c, printed with minimal parentheses
-        inner = combine(num(), rng.choice(ops), num())
-        node = combine(inner, rng.choice(ops), num()) if _ok(inner) else None
-    else:  # a op (b op c)
-        inner = combine(num(), rng.choice(ops), num())
-        node = combine(num(), rng.choice(ops), inner) if _ok(inner) else None
+
+def _bare(rng: random.Random) -> tuple[str, Node] | None:
+    op = rng.choice("+-*/")
+    a, b = _operands(op, rng)
+    node = combine(leaf(a), op, leaf(b))
+    if rng.random() < TWO_STEP_SHARE:  # (a op b) +/- c
+        op2 = rng.choice("+-")
+        node = combine(node, op2, leaf(rng.randint(NUM_MIN, ADD_MAX))) if node is not None else None
     if not _ok(node):
         return None
     return f"Compute {node.expr}.", node
@@ -75,28 +80,27 @@ def _bare(rng: random.Random) -> tuple[str, Node] | None:
 
 def _word(rng: random.Random) -> tuple[str, Node] | None:
     name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
-    a, b, c = (rng.randint(max(2, NUM_MIN), NUM_MAX) for _ in range(3))
+    c = rng.randint(2, ADD_MAX)
     kind = rng.randrange(6)
     if kind == 0:
-        q, node = (
-            f"{name} has {a} {obj} and buys {b} more. How many {obj} now?",
-            combine(leaf(a), "+", leaf(b)),
-        )
+        a, b = _operands("+", rng)
+        q, node = f"{name} has {a} {obj} and buys {b} more. How many {obj} now?", combine(leaf(a), "+", leaf(b))
     elif kind == 1:
-        a, b = max(a, b), min(a, b)
-        q, node = (
-            f"{name} has {a} {obj} and gives away {b}. How many are left?",
-            combine(leaf(a), "-", leaf(b)),
-        )
+        a, b = _operands("-", rng)
+        q, node = f"{name} has {a} {obj} and gives away {b}. How many are left?", combine(leaf(a), "-", leaf(b))
     elif kind == 2:
+        a, b = _operands("*", rng)
         q, node = f"{name} buys {a} boxes of {b} {obj}. How many {obj}?", combine(leaf(a), "*", leaf(b))
     elif kind == 3:
-        q = f"{name} splits {a * b} {obj} into {b} equal piles. How many per pile?"
-        node = combine(leaf(a * b), "/", leaf(b))
+        ab, b = _operands("/", rng)
+        q = f"{name} splits {ab} {obj} into {b} equal piles. How many per pile?"
+        node = combine(leaf(ab), "/", leaf(b))
     elif kind == 4:
+        a, b = _operands("+", rng)
         q = f"{name} has {a} {obj}, buys {b} more and gives away {c}. How many now?"
         node = combine(combine(leaf(a), "+", leaf(b)), "-", leaf(c))
     else:
+        a, b = _operands("*", rng)
         q = f"{name} buys {a} boxes of {b} {obj} and {c} more. How many {obj}?"
         node = combine(combine(leaf(a), "*", leaf(b)), "+", leaf(c))
     return (q, node) if _ok(node) else None

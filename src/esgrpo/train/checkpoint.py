@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from esgrpo.models.policy import Policy
-from esgrpo.runs import write_json
+from esgrpo.runs import read_jsonl, write_json, write_text
 
 
 def save_checkpoint(policy: Policy, run_path: Path, name: str, state: dict[str, Any],
@@ -53,6 +53,31 @@ def latest_checkpoint(run_path: Path) -> tuple[Path, dict[str, Any]] | None:
     if best is None:
         return None
     return best[1], json.loads((best[1] / "trainer_state.json").read_text())
+
+
+def resume_point(run_path: Path, key: str, require: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any]] | None:
+    """The furthest checkpoint by trainer_state[key] ("iteration"/"step"): the latest step-* one, or
+    `final` if further (a finished run resumed with a larger budget continues from there).
+    `require`: files a usable checkpoint must hold (e.g. optimizer.pt)."""
+    candidates = []
+    latest = latest_checkpoint(run_path)
+    if latest is not None:
+        candidates.append(latest)
+    final = Path(run_path) / "checkpoints" / "final"
+    if (final / "trainer_state.json").exists() and all((final / f).exists() for f in require):
+        candidates.append((final, json.loads((final / "trainer_state.json").read_text())))
+    return max(candidates, key=lambda c: c[1].get(key, -1)) if candidates else None
+
+
+def truncate_jsonl(path: Path, key: str, last: int) -> None:
+    """Keep only rows with row[key] <= last: rows a crash left past the resume point are redone."""
+    path = Path(path)
+    if not path.exists():
+        return
+    rows = read_jsonl(path)
+    keep = [r for r in rows if r.get(key, 0) <= last]
+    if len(keep) != len(rows) or path.read_text().count("\n") != len(rows):
+        write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def load_weights(policy: Policy, ckpt: Path) -> None:

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -40,12 +38,13 @@ from torch import Tensor
 
 from esgrpo.config import NON_NEGATIVE, POSITIVE, PROBABILITY, F, validate
 from esgrpo.errors import ConfigError, EsgrpoError
+from esgrpo.memory import process_peak_bytes, sync
 from esgrpo.models.policy import Policy
 from esgrpo.progress import Progress
-from esgrpo.runs import RunDir, read_jsonl, write_text
+from esgrpo.runs import RunDir, read_jsonl
 from esgrpo.tasks.base import Example, Task
 from esgrpo.train.budget import Budget
-from esgrpo.train.checkpoint import latest_checkpoint, load_weights, save_checkpoint, step_name
+from esgrpo.train.checkpoint import load_weights, resume_point, save_checkpoint, step_name, truncate_jsonl
 from esgrpo.train.kl import kl_to_reference
 from esgrpo.train.noise import derive_seed, tensor_noise
 from esgrpo.train.population import Batch, Member, PopulationEvaluator, SequentialEvaluator, TaskScorer
@@ -182,7 +181,8 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
     ref = _reference_model(policy, ref_model) if cfg.kl_every else None
     budget = Budget(max_steps=cfg.iterations, max_rollouts=cfg.max_rollouts)
     start = _resume(policy, run, cfg, budget) if resume else 0
-    _truncate_logs(run, start)  # drop rows a crash left behind after the checkpoint we continue from
+    for name in ("metrics.jsonl", "updates.jsonl"):  # rows a crash left past the checkpoint are redone
+        truncate_jsonl(run.path / name, "iteration", start)
     if start == 0 and cfg.save_base:
         save_checkpoint(policy, run.path, step_name(0), _state(0, budget, cfg))
 
@@ -213,7 +213,7 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
         t_update = time.perf_counter()
         coefs = [cfg.alpha / len(members) * zn for zn in z]
         update_norm = apply_update(params, members, coefs)
-        _sync(policy.device)
+        sync(policy.device)
         t_update = time.perf_counter() - t_update
         budget.spend(pop.rollouts, pop.tokens, time.perf_counter() - t0)
 
@@ -247,7 +247,7 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
         "seconds": budget.seconds,
         "final_fitness": _stats(last_fitness) if last_fitness else None,
         "reward_errors": sum(r.get("reward_errors", 0) for r in run.metrics()),
-        "peak_memory_bytes": peak_memory_bytes(policy.device),
+        "peak_memory_bytes": process_peak_bytes(policy.device)[0],
         "parameters": policy.num_parameters(),
         "final_checkpoint": str(final),
         "updates": str(run.path / "updates.jsonl"),
@@ -273,19 +273,6 @@ def _stats(values: list[float]) -> dict[str, float]:
             "reward_min": min(values), "reward_max": max(values)}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak accelerator memory on GPU; peak resident set size of this process on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB, macOS bytes
-
-
 def _reference_model(policy: Policy, ref_model: Policy | torch.nn.Module | None) -> torch.nn.Module:
     if ref_model is None:  # a frozen copy of the starting weights (costs one model's memory)
         ref_model = copy.deepcopy(policy.model)
@@ -308,21 +295,9 @@ def _measure_kl(policy: Policy, ref: torch.nn.Module | None, cfg: ESConfig, iter
                            batch_size=cfg.gen_batch_size)
 
 
-def _resume_point(run_path: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint with the most iterations: the latest step-* or final (a finished shorter run)."""
-    candidates = []
-    latest = latest_checkpoint(run_path)
-    if latest is not None:
-        candidates.append(latest)
-    final = Path(run_path) / "checkpoints" / "final"
-    if (final / "trainer_state.json").exists():
-        candidates.append((final, json.loads((final / "trainer_state.json").read_text())))
-    return max(candidates, key=lambda c: c[1]["iteration"]) if candidates else None
-
-
 def _resume(policy: Policy, run: RunDir, cfg: ESConfig, budget: Budget) -> int:
     """Load the latest checkpoint into `policy` and `budget`; returns the iterations already done."""
-    point = _resume_point(run.path)
+    point = resume_point(run.path, "iteration")
     if point is None:
         print(f"[es] no checkpoint in {run.path}; starting from the beginning", file=sys.stderr, flush=True)
         return 0
@@ -340,19 +315,6 @@ def _resume(policy: Policy, run: RunDir, cfg: ESConfig, budget: Budget) -> int:
     print(f"[es] resuming {run.path} from {ckpt.name} (iteration {state['iteration']})", file=sys.stderr,
           flush=True)
     return int(state["iteration"])
-
-
-def _truncate_logs(run: RunDir, done: int) -> None:
-    """Keep only the rows of iterations <= done in metrics.jsonl and updates.jsonl."""
-    for name in ("metrics.jsonl", "updates.jsonl"):
-        path = run.path / name
-        if not path.exists():
-            continue
-        rows = read_jsonl(path)
-        keep = [r for r in rows if r.get("iteration", 0) <= done]
-        text = "".join(json.dumps(r) + "\n" for r in keep)
-        if text != path.read_text():
-            write_text(path, text)
 
 
 # ----------------------------------------------------------------------------------------------

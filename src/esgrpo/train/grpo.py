@@ -31,9 +31,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import copy
-import json
 import math
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -45,14 +43,16 @@ from torch import Tensor
 
 from esgrpo.config import NON_NEGATIVE, POSITIVE, PROBABILITY, F, to_dict
 from esgrpo.errors import ConfigError
+from esgrpo.memory import process_peak_bytes, sync
 from esgrpo.models.policy import Policy
 from esgrpo.progress import Progress
 from esgrpo.rollout import response_logprobs
-from esgrpo.runs import RunDir, read_jsonl, write_text
+from esgrpo.runs import RunDir
 from esgrpo.tasks.base import Example, Task
 from esgrpo.train.budget import Budget
-from esgrpo.train.checkpoint import latest_checkpoint, load_weights, save_checkpoint, step_name
+from esgrpo.train.checkpoint import load_weights, resume_point, save_checkpoint, step_name, truncate_jsonl
 from esgrpo.train.kl import k3
+from esgrpo.train.noise import derive_seed
 
 STD_EPS = 1e-6
 
@@ -95,11 +95,6 @@ class GRPOConfig:
 
 # ----------------------------------------------------------------------------------------------
 # Pure pieces (tested by hand)
-
-
-def derive_seed(*keys: int) -> int:
-    """A 31-bit seed from a tuple of integers (independent streams for distinct tuples)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def group_advantages(rewards: Tensor, group_size: int, scale: bool = True) -> Tensor:
@@ -223,19 +218,6 @@ def accumulate_gradients(policy: Policy, prompt_ids: list[list[int]], response_i
 # Training loop
 
 
-def _sync(device: torch.device) -> None:
-    """Make phase timings honest on GPU (kernels run asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    # ru_maxrss is KiB on Linux: the process's peak resident set, not just this run's.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "max_rss"
-
-
 def _make_reference(policy: Policy) -> torch.nn.Module:
     ref = copy.deepcopy(policy.model)
     ref.requires_grad_(False)
@@ -270,7 +252,7 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(cfg.warmup_steps, planned))
 
     if resume:
-        found = _resume_point(run)
+        found = resume_point(run.path, "step", require=("optimizer.pt",))
         if found is not None:
             ckpt, saved_state = found
             load_weights(policy, ckpt)
@@ -287,7 +269,7 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
             if saved_state.get("planned_steps") != planned:
                 print(f"[grpo] warning: checkpoint planned {saved_state.get('planned_steps')} steps, this "
                       f"config plans {planned}; the LR schedule follows the new plan", file=sys.stderr)
-            _drop_rows_after(run, budget.steps)  # rows of steps that the crash lost are redone
+            truncate_jsonl(run.path / "metrics.jsonl", "step", budget.steps)  # lost steps are redone
             print(f"[grpo] resumed from {ckpt} at step {budget.steps}", file=sys.stderr, flush=True)
 
     def state() -> dict[str, Any]:
@@ -325,7 +307,7 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
         seeds = [derive_seed(cfg.seed, step, 1, i) for i in range(per_step)]
         gen = policy.generate(rep_prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               top_p=cfg.top_p, seeds=seeds, batch_size=cfg.gen_batch_size)
-        _sync(device)
+        sync(device)
         t_gen = time.perf_counter()
 
         # 3. Rewards. A crashing reward function must not kill a long run: count it, score 0.
@@ -350,7 +332,7 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
         for p in params:
             p.grad = None
         acc = accumulate_gradients(policy, rep_prompts, gen.response_ids, adv, cfg, ref_model, track_kl)
-        _sync(device)
+        sync(device)
         t_backward = time.perf_counter()
 
         # 6. Clip, step, schedule. Grads of skipped (all-zero) micro-batches are zeros, not missing:
@@ -376,7 +358,7 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
             update_norm = math.sqrt(sum(float((m - b).float().pow(2).sum()) for m, b in zip(masters, before,
                                                                                            strict=True)))
         del before
-        _sync(device)
+        sync(device)
         t_end = time.perf_counter()
 
         # 7. Accounting, logging, checkpoints.
@@ -393,7 +375,7 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
             "finished_frac": sum(gen.finished) / per_step if gen.finished else None,
             "rollouts": budget.rollouts, "tokens": budget.tokens, "seconds": budget.seconds,
             "t_generate": t_gen - t_start, "t_reward": t_reward - t_gen, "t_backward": t_backward - t_reward,
-            "t_ref": acc["t_ref"], "t_step": t_end - t_backward,
+            "t_ref": acc["t_ref"], "t_step": t_end - t_backward, "step_seconds": t_end - t_start,
         }
         run.log(row)
         progress.update(budget.steps, reward=last_reward, kl=acc["kl"] if acc["kl"] is not None else "-",
@@ -403,33 +385,11 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
 
     policy.model.train(was_training)
     checkpoint("final")
-    peak, peak_kind = _peak_memory_mb(device)
+    peak_bytes, peak_kind = process_peak_bytes(device)
+    peak = peak_bytes / 2**20
     return {
         "trainer": "grpo", "steps": budget.steps, "planned_steps": planned, "rollouts": budget.rollouts,
         "tokens": budget.tokens, "seconds": budget.seconds, "final_reward": last_reward,
         "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
         "checkpoint": str(run.path / "checkpoints" / "final"),
     }
-
-
-def _resume_point(run: RunDir):
-    """The furthest checkpoint: the latest step-* one, or `final` if it is further (a finished run
-    resumed with a larger budget continues from there)."""
-    import json
-
-    best = latest_checkpoint(run.path)
-    final = run.path / "checkpoints" / "final"
-    if (final / "trainer_state.json").exists() and (final / "optimizer.pt").exists():
-        fstate = json.loads((final / "trainer_state.json").read_text())
-        if best is None or fstate.get("step", -1) > best[1].get("step", -1):
-            return final, fstate
-    return best
-
-
-def _drop_rows_after(run: RunDir, step: int) -> None:
-    """Forget this trainer's metric rows past the resume point (they are recomputed identically)."""
-    path = run.path / "metrics.jsonl"
-    rows = read_jsonl(path)
-    keep = [r for r in rows if not (r.get("trainer") == "grpo" and r.get("step", 0) > step)]
-    if len(keep) != len(rows):
-        write_text(path, "".join(json.dumps(r) + "\n" for r in keep))

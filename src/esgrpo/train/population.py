@@ -21,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import torch
-
+from esgrpo.memory import sync
 from esgrpo.models.policy import Policy
 from esgrpo.tasks.base import Example, Task
 from esgrpo.train.noise import Perturbation
@@ -74,12 +73,6 @@ class PopulationEvaluator(Protocol):
     def evaluate(self, members: list[Member], batch: Batch) -> PopulationResult: ...
 
 
-def _sync(device: torch.device) -> None:
-    # CUDA kernels run asynchronously; without a sync the perturbation time lands in "generate".
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @dataclass
 class TaskScorer:
     """score(policy, batch): decode the batch and average the task's binary reward."""
@@ -126,14 +119,14 @@ class SequentialEvaluator:
         for seed, sign in members:
             t0 = time.perf_counter()
             self.perturbation.perturb(seed, sign, self.sigma)
-            _sync(device)
+            sync(device)
             res.seconds["perturb"] += time.perf_counter() - t0
             try:
                 score = self.score_fn(self.policy, batch)
             finally:  # never leave the model perturbed, even if scoring fails
                 t1 = time.perf_counter()
                 self.perturbation.restore()
-                _sync(device)
+                sync(device)
                 res.seconds["restore"] += time.perf_counter() - t1
             res.fitness.append(score.reward)
             res.rollouts += score.rollouts

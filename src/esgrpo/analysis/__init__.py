@@ -1,0 +1,1 @@
+"""Analyses of checkpoints and run records (geometry of the updates)."""

@@ -1,0 +1,147 @@
+"""The study's results.md (the paper's Table 1 layout with our numbers) and its figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from esgrpo.runs import read_jsonl, write_text
+
+LABELS = {"es_short": "ES short", "es_long": "ES long", "grpo": "GRPO"}
+PAPER_TABLE1 = {  # Qwen3-4B, test accuracy %: base, ES(100), ES(300), GRPO
+    "countdown": (20.5, 75.1, 78.6, 74.5), "math": (61.8, 72.4, 74.0, 68.8),
+    "chemistry": (63.4, 68.1, 76.5, 74.9), "boolq": (83.7, 87.2, 88.1, 86.6),
+}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _mb(x: float | None) -> str:
+    return "-" if x is None else f"{x / 2**20:.0f}"
+
+
+def table1(results: dict[str, Any]) -> list[str]:
+    es = results.get("es_config", {})
+    short = es.get("iterations", "?")
+    long_ = short * results.get("es_long_factor", 3) if isinstance(short, int) else "?"
+    lines = [f"| task | base | ES({short}) | ES({long_}) | GRPO | gain ES({short}) | gain GRPO | "
+             "paper: base / ES(100) / ES(300) / GRPO |", "|---|---|---|---|---|---|---|---|"]
+    for task, base in results["base"].items():
+        r = results["tasks"].get(task)
+        acc = r["accuracy"] if r else {}
+        gains = [f"{100 * (acc[m] - base):+.1f}" if m in acc else "-" for m in ("es_short", "grpo")]
+        paper = " / ".join(f"{v:.1f}" for v in PAPER_TABLE1.get(task, ()))
+        lines.append(f"| {task} | {_pct(base)} | {_pct(acc.get('es_short'))} | {_pct(acc.get('es_long'))} | "
+                     f"{_pct(acc.get('grpo'))} | {gains[0]} | {gains[1]} | {paper} |")
+    return lines
+
+
+def budget_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| task | method | iterations/steps | rollouts | generated tokens | train seconds | "
+             "peak memory added (MiB) |", "|---|---|---|---|---|---|---|"]
+    for task, r in results["tasks"].items():
+        for m, b in r["budgets"].items():
+            steps = b.get("iterations", b.get("steps"))
+            peak = "(in ES long)" if m == "es_short" else _mb(b.get("peak_memory_added_bytes"))
+            lines.append(f"| {task} | {LABELS[m]} | {steps} | {b['rollouts']:,} | {b['tokens']:,} | "
+                         f"{b['seconds']:.0f} | {peak} |")
+    return lines
+
+
+def accuracy_figure(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = list(results["base"])
+    series = [("base", [results["base"][t] for t in tasks])]
+    for m in ("es_short", "es_long", "grpo"):
+        series.append((LABELS[m], [results["tasks"].get(t, {}).get("accuracy", {}).get(m, np.nan) for t in tasks]))
+    x = np.arange(len(tasks))
+    w = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, (label, vals) in enumerate(series):
+        ax.bar(x + (i - (len(series) - 1) / 2) * w, 100 * np.array(vals, dtype=float), w, label=label)
+    ax.set_xticks(x, tasks)
+    ax.set_ylabel("test accuracy (%, greedy)")
+    ax.set_ylim(0, 100)
+    ax.legend(ncol=4, fontsize=8)
+    ax.set_title(f"{results['model']}: single-task test accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def learning_curves_figure(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(results["tasks"])
+    if not tasks:
+        return
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        runs = results["tasks"][task]["runs"]
+        es = read_jsonl(Path(runs["es"]) / "metrics.jsonl")
+        gr = read_jsonl(Path(runs["grpo"]) / "metrics.jsonl")
+        ax.plot([r["rollouts"] for r in es], [r["reward_mean"] for r in es], label="ES (mean member fitness)")
+        ax.plot([r["rollouts"] for r in gr], [r["reward_mean"] for r in gr], label="GRPO (mean sample reward)",
+                alpha=0.8)
+        ax.axhline(results["base"][task], color="gray", ls=":", label="base test acc.")
+        ax.set_xscale("symlog", linthresh=1000)
+        ax.set_title(task)
+        ax.set_xlabel("rollouts")
+        ax.set_ylabel("training reward")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_study_report(root: Path, results: dict[str, Any], cfg: Any) -> str:
+    """results.md + figures; returns the Markdown."""
+    from dataclasses import asdict
+
+    results = dict(results, es_config=asdict(cfg.es), es_long_factor=cfg.es_long_factor)
+    figs = root / "figures"
+    figs.mkdir(exist_ok=True)
+    accuracy_figure(results, figs / "accuracy.png")
+    learning_curves_figure(results, figs / "learning_curves.png")
+    g = cfg.grpo
+    md = [f"# esgrpo study: {results['model']} ({results['parameters']:,} parameters)", "",
+          f"Greedy test accuracy (%), synthetic={cfg.data.source == 'synthetic'}, n_test per task: "
+          + ", ".join(f"{t} {n}" for t, n in results["n_test"].items()) + ". "
+          f"Budget mode: **{results['budget_mode']}** "
+          + ("(each method on its own configured budget, as the paper's configs)."
+             if results["budget_mode"] == "paper" else "(GRPO gets exactly the rollouts of ES short)."), "",
+          *table1(results), "",
+          f"ES: N={cfg.es.population}, sigma={cfg.es.sigma}, alpha={cfg.es.alpha}, batch={cfg.es.batch_size or 'all'}, "
+          f"decoding={cfg.es.decoding}, antithetic={cfg.es.antithetic}. GRPO: K={g.group_size}, "
+          f"prompts/step={g.prompts_per_step}, lr={g.lr}, steps={g.steps}, beta={g.beta}, loss={g.loss_type}.", "",
+          "## Budgets", "",
+          "A rollout is one generated response (the paper's forward pass). ES short is the checkpoint of ES long "
+          "at its iteration count, so its peak memory is ES long's. Peak memory is what training added on top of "
+          "the loaded model (CPU: resident-set delta; GPU: peak allocated).", "",
+          *budget_table(results), "",
+          "![accuracy](figures/accuracy.png)", "",
+          "![learning curves](figures/learning_curves.png)", ""]
+    if results.get("extra_models"):
+        md += ["## Other models (base, greedy)", "",
+               "| model | parameters | n/task | " + " | ".join(results["base"]) + " |",
+               "|---|---|---|" + "---|" * len(results["base"])]
+        for name, e in results["extra_models"].items():
+            cells = [f"{_pct(e['accuracy'].get(t))} (trunc. {100 * e['truncated'].get(t, 0):.0f}%)"
+                     for t in results["base"]]
+            md.append(f"| {name} | {e['parameters']:,} | {e['n']} | " + " | ".join(cells) + " |")
+        md.append("")
+    md += [f"Tiny model build: {results['build_seconds']:.0f} s (0 if cached). "
+           f"Total study time: {results['seconds']:.0f} s."]
+    text = "\n".join(md) + "\n"
+    write_text(root / "results.md", text)
+    return text

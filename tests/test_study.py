@@ -1,0 +1,69 @@
+"""The study end to end on a very small tiny model: tables, figures, budgets, reuse on rerun."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from esgrpo.config import DataConfig, GenerationConfig, ModelConfig, TinyModelConfig
+from esgrpo.study import StudyConfig, run_study
+from esgrpo.train.es import ESConfig
+from esgrpo.train.grpo import GRPOConfig
+
+SMALL_TINY = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, steps=40,
+                             corpus_per_task=300, batch_size=16, warmup=5)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def small_study(out, cache_dir) -> StudyConfig:
+    return StudyConfig(
+        model=ModelConfig(name="tiny", cache_dir=cache_dir),
+        tiny=SMALL_TINY,
+        data=DataConfig(tasks=["math", "boolq"], n_train=12, n_test=10),
+        generation=GenerationConfig(max_new_tokens=12, batch_size=16),
+        es=ESConfig(population=4, sigma=0.01, alpha=0.01, iterations=2, batch_size=6, max_new_tokens=12),
+        grpo=GRPOConfig(steps=2, prompts_per_step=3, group_size=4, max_new_tokens=12, lr=1e-3),
+        es_long_factor=2, extra_models=[], out=str(out))
+
+
+@pytest.mark.slow
+def test_study_end_to_end_and_rerun_reuses_runs(tmp_path, cache_dir, capsys):
+    cfg = small_study(tmp_path / "study", cache_dir)
+    res = run_study(cfg)
+    root = tmp_path / "study"
+    md = (root / "results.md").read_text()
+    assert "| math |" in md and "| boolq |" in md and "ES(2)" in md and "ES(4)" in md
+    assert (root / "figures" / "accuracy.png").stat().st_size > 1000
+    assert (root / "figures" / "learning_curves.png").stat().st_size > 1000
+    saved = json.loads((root / "results.json").read_text())
+    for task in ("math", "boolq"):
+        t = saved["tasks"][task]
+        assert all(0.0 <= t["accuracy"][m] <= 1.0 for m in ("es_short", "es_long", "grpo"))
+        b = t["budgets"]
+        assert b["es_short"]["rollouts"] == 2 * 4 * 6  # iterations x N x batch
+        assert b["es_long"]["rollouts"] == 4 * 4 * 6
+        assert b["grpo"]["rollouts"] == 2 * 3 * 4  # steps x prompts x K
+        assert b["es_long"]["tokens"] > b["es_short"]["tokens"] > 0
+    # ES short is ES long's checkpoint at the short budget
+    es_run = root / "runs" / "math-es"
+    assert (es_run / "checkpoints" / "step-000002").exists() and (es_run / "checkpoints" / "final").exists()
+    # rerun: every finished run and evaluation is reused, same numbers
+    res2 = run_study(cfg)
+    assert res2["tasks"] == res["tasks"]
+    assert "reusing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_matched_budget_gives_grpo_the_es_short_rollouts(tmp_path, cache_dir):
+    cfg = dataclasses.replace(small_study(tmp_path / "m", cache_dir), budget_mode="matched",
+                              data=DataConfig(tasks=["boolq"], n_train=12, n_test=8))
+    res = run_study(cfg)
+    b = res["tasks"]["boolq"]["budgets"]
+    assert b["grpo"]["rollouts"] == b["es_short"]["rollouts"] == 48
+    assert "matched" in (tmp_path / "m" / "results.md").read_text()
