@@ -1,1 +1,0 @@
-"""Analyses of checkpoints and run records (geometry of the updates)."""
