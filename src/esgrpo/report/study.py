@@ -94,7 +94,7 @@ def learning_curves_figure(results: dict[str, Any], path: Path) -> None:
         ax.plot([r["rollouts"] for r in gr], [r["reward_mean"] for r in gr], label="GRPO (mean sample reward)",
                 alpha=0.8)
         ax.axhline(results["base"][task], color="gray", ls=":", label="base test acc.")
-        ax.set_xscale("symlog", linthresh=1000)
+        ax.set_xscale("log")
         ax.set_title(task)
         ax.set_xlabel("rollouts")
         ax.set_ylabel("training reward")
