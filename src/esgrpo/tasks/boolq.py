@@ -17,29 +17,12 @@ from typing import Any, Literal
 from esgrpo.rewards.boolq import boolq_reward
 from esgrpo.tasks.base import DemoKind, Example, Split, Task
 from esgrpo.tasks.hub import collect_synthetic, load_rows
+from esgrpo.tasks.math import NAMES  # the same cast of people across tasks
 
 HUB_ID = "google/boolq"
 HUB_TRAIN_SIZE = 200
 HUB_TEST_SIZE = 2000
 
-NAMES = (
-    "Ann",
-    "Ben",
-    "Cal",
-    "Dee",
-    "Eva",
-    "Finn",
-    "Gus",
-    "Ivy",
-    "Jo",
-    "Kim",
-    "Leo",
-    "Max",
-    "Nia",
-    "Ray",
-    "Sue",
-    "Tom",
-)
 THINGS = ("cup", "hat", "pen", "book", "bike", "kite", "ball", "car", "bag", "lamp")
 COLORS = ("red", "blue", "green", "black", "white", "yellow", "pink", "brown")
 PLACES = ("Paris", "Rome", "Oslo", "Lima", "Cairo", "Tokyo", "Delhi", "Quito", "Seoul", "Madrid")
