@@ -27,34 +27,23 @@ from esgrpo.config import (
     DataConfig,
     EvalConfig,
     F,
-    GenerationConfig,
-    ModelConfig,
     TinyModelConfig,
     dump_yaml,
-    sub,
 )
 from esgrpo.evaluate import evaluate
 from esgrpo.models import load_policy, resolve_model_path
 from esgrpo.runs import RunDir, default_run_path, read_jsonl, write_text
 from esgrpo.tasks import load_examples
 from esgrpo.tasks.base import Example
-from esgrpo.train.es import ESConfig
-from esgrpo.train.grpo import GRPOConfig
-from esgrpo.train.launch import TrainConfig, run_training
+from esgrpo.train.launch import SetupConfig, TrainConfig, run_training
 
 METHODS = ("es_short", "es_long", "grpo")
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(SetupConfig):
     """`esgrpo study`: base eval, then ES short / ES long / GRPO on every task, and the tables."""
 
-    model: ModelConfig = sub(ModelConfig)
-    tiny: TinyModelConfig = sub(TinyModelConfig)
-    data: DataConfig = sub(DataConfig)
-    generation: GenerationConfig = sub(GenerationConfig)
-    es: ESConfig = sub(ESConfig)
-    grpo: GRPOConfig = sub(GRPOConfig)
     es_long_factor: int = F(3, "ES long runs this many times es.iterations (the paper: 300 vs 100).", POSITIVE)
     budget_mode: Literal["paper", "matched"] = F(
         "paper", "paper: each method on its own configured budget (ES iterations vs GRPO steps, as the "

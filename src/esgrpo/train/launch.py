@@ -35,8 +35,8 @@ assert set(TaskName.__args__) == set(TASK_NAMES)  # type: ignore[attr-defined]
 
 
 @dataclass
-class TrainConfig:
-    """`esgrpo train es|grpo`: train one model on one task, then evaluate it on the test split."""
+class SetupConfig:
+    """The sections every training command shares: model, data, evaluation decoding, both trainers."""
 
     model: ModelConfig = sub(ModelConfig)
     tiny: TinyModelConfig = sub(TinyModelConfig)
@@ -44,6 +44,12 @@ class TrainConfig:
     generation: GenerationConfig = sub(GenerationConfig)
     es: ESConfig = sub(ESConfig)
     grpo: GRPOConfig = sub(GRPOConfig)
+
+
+@dataclass
+class TrainConfig(SetupConfig):
+    """`esgrpo train es|grpo`: train one model on one task, then evaluate it on the test split."""
+
     task: TaskName = F("countdown", "The task to train on.")
     eval_tasks: list[str] = F([], "Tasks to evaluate after training (default: the trained task only).",
                               (lambda v: all(t in TASK_NAMES for t in v), "names among " + ", ".join(TASK_NAMES)))
