@@ -66,3 +66,28 @@ def test_hub_source_without_network_is_a_clear_error(tmp_path, capsys):
     code = main(["eval", "tiny", "--tasks", "boolq", "--source", "hub", "--n", "2", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and "boolq" in err.lower() and "synthetic" in err
+
+
+def test_analyze_norms_cosine_and_errors(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    names = ["model.layers.0.mlp.up_proj.weight", "model.norm.weight"]
+    base = {n: torch.ones(4, 4) if "proj" in n else torch.ones(4) for n in names}
+    for label, shift in (("a", 3.0), ("b", -3.0)):
+        (tmp_path / label).mkdir()
+        moved = {n: t + shift * (n == names[0]) for n, t in base.items()}
+        save_file(moved, str(tmp_path / label / "model.safetensors"))
+    (tmp_path / "base").mkdir()
+    save_file(base, str(tmp_path / "base" / "model.safetensors"))
+    capsys.readouterr()
+    assert main(["analyze", "norms", str(tmp_path / "base"), str(tmp_path / "a")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["total"]["abs"] == pytest.approx(12.0)  # 16 weights each changed by 3
+    assert main(["analyze", "cosine", str(tmp_path / "base"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert json.loads(capsys.readouterr().out)["cosine"] == pytest.approx(-1.0)
+    code = main(["analyze", "norms", str(tmp_path / "base"), str(tmp_path / "missing")])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing" in err and "Traceback" not in err
+    code = main(["report", str(tmp_path / "base")])
+    assert code == 2 and "not a study directory" in capsys.readouterr().err

@@ -27,3 +27,23 @@ def test_torn_last_line_is_ignored(tmp_path):
     p = tmp_path / "m.jsonl"
     p.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
     assert read_jsonl(p) == [{"a": 1}, {"a": 2}]
+
+
+def test_reopening_a_run_with_another_config_or_inputs_is_refused(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from esgrpo.errors import EsgrpoError
+
+    cfg = EvalConfig()
+    run = RunDir(tmp_path / "r", cfg, inputs={"model": "tiny-aaa", "data": "d1"})
+    RunDir(tmp_path / "r", cfg, inputs={"model": "tiny-aaa", "data": "d1"})  # nothing done yet: fine
+    run.write_results({"accuracy": 0.5})
+    RunDir(tmp_path / "r", cfg, inputs={"model": "tiny-aaa", "data": "d1"})  # same: reusable
+    other = dataclasses.replace(cfg, split="train")
+    with pytest.raises(EsgrpoError, match="another config.*split"):
+        RunDir(tmp_path / "r", other, inputs={"model": "tiny-aaa", "data": "d1"})
+    with pytest.raises(EsgrpoError, match="other inputs.*model"):
+        RunDir(tmp_path / "r", cfg, inputs={"model": "tiny-bbb", "data": "d1"})
+    assert run.read_results() == {"accuracy": 0.5}  # nothing was overwritten

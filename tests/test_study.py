@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from esgrpo.analysis.study import AnalysisConfig
 from esgrpo.config import DataConfig, GenerationConfig, ModelConfig, TinyModelConfig
 from esgrpo.study import StudyConfig, run_study
 from esgrpo.train.es import ESConfig
@@ -29,7 +30,13 @@ def small_study(out, cache_dir) -> StudyConfig:
         generation=GenerationConfig(max_new_tokens=12, batch_size=16),
         es=ESConfig(population=4, sigma=0.01, alpha=0.01, iterations=2, batch_size=6, max_new_tokens=12),
         grpo=GRPOConfig(steps=2, prompts_per_step=3, group_size=4, max_new_tokens=12, lr=1e-3),
-        es_long_factor=2, extra_models=[], out=str(out))
+        es_long_factor=2, extra_models=[], out=str(out),
+        analysis=AnalysisConfig(n_examples=6, alphas=3, probe_points=2, probe_n_examples=4, kl_prompts=3,
+                                kl_samples=1, kl_max_new_tokens=8, heldout_docs=20))
+
+GEOMETRY_SECTIONS = ["Update norms", "Update directions", "Sparsity and rank of the updates",
+                     "KL drift (on-task and off-task)", "Linear connectivity", "Direction probes",
+                     "Held-out capability (pretraining NLL)"]
 
 
 @pytest.mark.slow
@@ -37,8 +44,21 @@ def test_study_end_to_end_and_rerun_reuses_runs(tmp_path, cache_dir, capsys):
     cfg = small_study(tmp_path / "study", cache_dir)
     res = run_study(cfg)
     root = tmp_path / "study"
-    md = (root / "results.md").read_text()
+    md = (root / "report.md").read_text()
     assert "| math |" in md and "| boolq |" in md and "ES(2)" in md and "ES(4)" in md
+    html = (root / "report.html").read_text()
+    for section in ["Accuracy (Table 1)", "Budgets", *GEOMETRY_SECTIONS]:  # the report renders every section
+        assert f"## {section}" in md and f">{section}</h2>" in html
+    # self-contained: figures embedded (the direction probes need a non-zero update, which this untrained
+    # micro model, reward 0 everywhere, does not make: that section then says so instead of plotting)
+    assert html.count("data:image/png;base64,") >= 5
+    analysis = json.loads((root / "analysis.json").read_text())
+    for task in ("math", "boolq"):
+        assert set(analysis["kl"][task]["grpo"]) == {"math", "boolq"}  # on-task and off-task
+        assert set(analysis["interpolation"][task]) == {"base->es_long", "base->grpo", "es_long->grpo"}
+        probes = analysis["probes"][task]
+        assert probes.get("skipped") or {"random"} < set(probes["directions"])
+        assert {"layer 0", "layer 1", "non-layer"} <= set(analysis["weights"][task]["norms"]["grpo"]["per_layer"])
     assert (root / "figures" / "accuracy.png").stat().st_size > 1000
     assert (root / "figures" / "learning_curves.png").stat().st_size > 1000
     saved = json.loads((root / "results.json").read_text())
@@ -62,8 +82,10 @@ def test_study_end_to_end_and_rerun_reuses_runs(tmp_path, cache_dir, capsys):
 @pytest.mark.slow
 def test_matched_budget_gives_grpo_the_es_short_rollouts(tmp_path, cache_dir):
     cfg = dataclasses.replace(small_study(tmp_path / "m", cache_dir), budget_mode="matched",
-                              data=DataConfig(tasks=["boolq"], n_train=12, n_test=8))
+                              data=DataConfig(tasks=["boolq"], n_train=12, n_test=8),
+                              analysis=AnalysisConfig(enabled=False))
     res = run_study(cfg)
     b = res["tasks"]["boolq"]["budgets"]
     assert b["grpo"]["rollouts"] == b["es_short"]["rollouts"] == 48
-    assert "matched" in (tmp_path / "m" / "results.md").read_text()
+    assert "matched" in (tmp_path / "m" / "report.md").read_text()
+    assert not (tmp_path / "m" / "analysis.json").exists()

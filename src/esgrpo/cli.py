@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import typing
+from pathlib import Path
 from typing import Any
 
 from esgrpo.config import (
@@ -147,6 +148,66 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(bench(args.method, config_from_args(args), iterations=args.iterations))
 
 
+def _study_config(study_dir: str, overrides: list[str]) -> Any:
+    from esgrpo.study import StudyConfig
+
+    path = f"{study_dir}/config.yaml"
+    over: dict[str, Any] = {}
+    for pair in overrides:
+        k, _, v = pair.partition("=")
+        set_dotted(over, k.strip(), v)
+    if not Path(path).exists():
+        raise EsgrpoError(f"{study_dir} is not a study directory (no config.yaml)")
+    return load_config(StudyConfig, path, over)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from esgrpo.report.study import write_study_report
+    from esgrpo.runs import RunDir
+
+    cfg = _study_config(args.study_dir, [])
+    results = RunDir(args.study_dir).read_results()
+    if results is None:
+        raise EsgrpoError(f"{args.study_dir}/results.json is missing: run `esgrpo study` first")
+    write_study_report(Path(args.study_dir), results, cfg)
+    print(f"{args.study_dir}/report.html")
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    """Weight-space analyses print JSON; `study` runs every analysis of a study and rewrites its report."""
+    from esgrpo.analysis import weights
+
+    def brief(d: dict[str, Any]) -> dict[str, Any]:
+        return d if args.full else {k: v for k, v in d.items() if k not in ("per_tensor", "per_matrix")}
+
+    try:
+        if args.what == "study":
+            from esgrpo.analysis.study import analyze_study
+
+            cfg = _study_config(args.paths[0], args.set)
+            analyze_study(args.paths[0], cfg)
+            args.study_dir = args.paths[0]
+            cmd_report(args)
+            return
+        need = {"norms": 2, "cosine": 3, "sparsity": 2, "rank": 2}[args.what]
+        if len(args.paths) != need:
+            raise EsgrpoError(f"analyze {args.what} takes {need} checkpoint paths, got {len(args.paths)}")
+        if args.what == "norms":
+            out = brief(weights.update_norms(*args.paths))
+        elif args.what == "cosine":
+            out = brief(weights.cosine(*args.paths))
+        elif args.what == "sparsity":
+            out = brief(weights.sparsity(*args.paths, atol=args.atol))
+        else:
+            out = weights.update_rank(*args.paths, top_k=args.top_k)
+            if not args.full:
+                out = {k: {"effective_rank": v["effective_rank"], "max_rank": v["max_rank"],
+                           "top_singular_values": v["top_singular_values"][:3]} for k, v in out["per_matrix"].items()}
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise EsgrpoError(str(e)) from e
+    print(json.dumps(out, indent=1, default=str))
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -190,6 +251,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--iterations", type=int, default=3, help="Iterations/steps to time.")
     add_config_args(b, TrainConfig, aliases={"task": "task"})
     b.set_defaults(func=cmd_bench)
+
+    an = sub.add_parser("analyze", help="Geometry of updates: norms, cosine, sparsity, rank; or a whole study.",
+                        description="norms BASE CKPT | cosine BASE A B | sparsity BASE CKPT | rank BASE CKPT: print "
+                        "JSON (checkpoints: HF directories or .safetensors files). study STUDY_DIR: run every analysis "
+                        "of a finished study (norms, cosines, sparsity, rank, KL drift, interpolation, direction "
+                        "probes, held-out NLL) into STUDY_DIR/analysis.json and rewrite its report; --set "
+                        "analysis.KEY=VALUE changes the analysis settings.")
+    an.add_argument("what", choices=["norms", "cosine", "sparsity", "rank", "study"], help="Which analysis.")
+    an.add_argument("paths", nargs="+", help="Checkpoints (base first), or the study directory.")
+    an.add_argument("--atol", type=float, default=0.0, help="sparsity: a weight is changed when |delta| > atol.")
+    an.add_argument("--top-k", type=int, default=8, help="rank: singular values kept per matrix.")
+    an.add_argument("--full", action="store_true", help="Include per-tensor / per-matrix entries.")
+    an.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                    help="study: override a study config key, e.g. --set analysis.n_examples=200.")
+    an.set_defaults(func=cmd_analyze)
+
+    rep = sub.add_parser("report", help="Rewrite a study's report.html and report.md from its records.",
+                         description="Regenerate STUDY_DIR/report.html and report.md (tables and figures) from "
+                         "results.json and analysis.json.")
+    rep.add_argument("study_dir", help="The study directory (its `out`).")
+    rep.set_defaults(func=cmd_report)
 
     m = sub.add_parser("models", help="Build, convert and list models.")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from esgrpo.config import dump_yaml
+from esgrpo.errors import EsgrpoError
 
 
 def _jsonable(x: Any) -> Any:
@@ -73,11 +74,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 class RunDir:
     """A run directory with append-only metrics and atomic result files."""
 
-    def __init__(self, path: str | Path, config: Any = None, command: str = "") -> None:
+    def __init__(self, path: str | Path, config: Any = None, command: str = "",
+                 inputs: dict[str, str] | None = None) -> None:
+        """`inputs`: identities of what the config alone does not pin (the built model's hash, the data's
+        hash). Reopening a directory that holds work made from another config or other inputs is an
+        error: reusing or resuming it would silently mix two experiments."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         if config is not None:
-            write_text(self.path / "config.yaml", dump_yaml(config))
+            text = dump_yaml(config)
+            self._check_same(text, inputs or {})
+            write_text(self.path / "config.yaml", text)
+            if inputs:
+                write_json(self.path / "inputs.json", inputs)
         if command and not (self.path / "meta.json").exists():
             import torch
             import transformers
@@ -92,6 +101,29 @@ class RunDir:
                 "machine": platform.machine(),
                 "cpus": os.cpu_count(),
             })
+
+    def has_work(self) -> bool:
+        return any((self.path / f).exists() for f in ("results.json", "metrics.jsonl", "checkpoints", "eval.json"))
+
+    def _check_same(self, config_text: str, inputs: dict[str, str]) -> None:
+        if not self.has_work():
+            return
+        cfg_file, inputs_file = self.path / "config.yaml", self.path / "inputs.json"
+        old_text = cfg_file.read_text() if cfg_file.exists() else ""
+        if old_text != config_text:
+            import difflib
+
+            diff = [ln for ln in difflib.unified_diff(old_text.splitlines(), config_text.splitlines(), lineterm="", n=0)
+                    if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+            raise EsgrpoError(f"run directory {self.path} holds results of another config (changed: "
+                              f"{'; '.join(diff[:6]) or 'missing config.yaml'}); use another output "
+                              "directory or delete this one")
+        old_inputs = json.loads(inputs_file.read_text()) if inputs_file.exists() else {}
+        changed = sorted(k for k in inputs if old_inputs.get(k) != inputs[k])
+        if changed:
+            raise EsgrpoError(f"run directory {self.path} was made from other inputs ({', '.join(changed)} "
+                              f"changed: {[old_inputs.get(k) for k in changed]} -> {[inputs[k] for k in changed]}); "
+                              "use another output directory or delete this one")
 
     def log(self, row: dict[str, Any], file: str = "metrics.jsonl") -> None:
         """Append one metrics row and flush it to disk."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from esgrpo.analysis.study import AnalysisConfig
 from esgrpo.config import (
     NON_NEGATIVE,
     POSITIVE,
@@ -29,11 +30,12 @@ from esgrpo.config import (
     F,
     TinyModelConfig,
     dump_yaml,
+    sub,
 )
 from esgrpo.evaluate import evaluate
-from esgrpo.models import load_policy, resolve_model_path
+from esgrpo.models import load_policy, model_identity, resolve_model_path
 from esgrpo.runs import RunDir, default_run_path, read_jsonl, write_text
-from esgrpo.tasks import load_examples
+from esgrpo.tasks import examples_hash, load_examples
 from esgrpo.tasks.base import Example
 from esgrpo.train.launch import SetupConfig, TrainConfig, run_training
 
@@ -53,7 +55,9 @@ class StudyConfig(SetupConfig):
                                 "(evaluated on extra_n_test examples per task).")
     extra_n_test: int = F(50, "Test examples per task for the extra models.", NON_NEGATIVE)
     extra_max_new_tokens: int = F(160, "max_new_tokens for the extra models (they reason in prose).", POSITIVE)
-    out: str = F("runs/study", "Study directory (results.md, results.json, figures/, runs/).")
+    out: str = F("runs/study", "Study directory (report.html, report.md, results.json, analysis.json, figures/, "
+                 "runs/).")
+    analysis: AnalysisConfig = sub(AnalysisConfig)
 
     def quick(self) -> StudyConfig:
         """The --quick variant: small budgets and test sets, no extra models (a smoke run)."""
@@ -61,7 +65,9 @@ class StudyConfig(SetupConfig):
             self, data=dataclasses.replace(self.data, n_test=100),
             es=dataclasses.replace(self.es, iterations=max(1, self.es.iterations // 4)),
             grpo=dataclasses.replace(self.grpo, steps=max(1, self.grpo.steps // 4)),
-            es_long_factor=2, extra_models=[], out=self.out.rstrip("/") + "-quick")
+            es_long_factor=2, extra_models=[], out=self.out.rstrip("/") + "-quick",
+            analysis=dataclasses.replace(self.analysis, n_examples=30, alphas=5, probe_points=3, probe_n_examples=20,
+                                         kl_prompts=8, kl_samples=1, heldout_docs=100))
 
 
 def load_task_examples(data: DataConfig, split: str, n: int) -> dict[str, list[Example]]:
@@ -75,7 +81,9 @@ def run_eval(cfg: EvalConfig, run_path: str | Path | None = None,
     """`esgrpo eval`: one model, all configured tasks; returns results (also in results.json)."""
     n = cfg.data.n_test if cfg.split == "test" else cfg.data.n_train
     examples = load_task_examples(cfg.data, cfg.split, n)  # data errors surface before model loading
-    run = RunDir(run_path or cfg.out or default_run_path("eval", cfg.model.name), cfg, command="eval")
+    inputs = {"model": model_identity(cfg.model, tiny),
+              "data": examples_hash([ex for exs in examples.values() for ex in exs])}
+    run = RunDir(run_path or cfg.out or default_run_path("eval", cfg.model.name), cfg, command="eval", inputs=inputs)
     policy = load_policy(cfg.model, tiny)
     t0 = time.time()
     res = evaluate(policy, examples, cfg.generation, run=run, n_show=cfg.n_show)
@@ -89,9 +97,12 @@ def run_eval(cfg: EvalConfig, run_path: str | Path | None = None,
 
 def run_eval_cached(cfg: EvalConfig, path: Path, tiny: TinyModelConfig | None = None) -> dict[str, Any]:
     """Reuse a finished evaluation in `path` if its config is the same, else run it."""
-    same_config = (path / "config.yaml").exists() and (path / "config.yaml").read_text() == dump_yaml(cfg)
-    done = RunDir(path).read_results() if same_config else None
+    done = RunDir(path).read_results()
     if done is not None:
+        n = cfg.data.n_test if cfg.split == "test" else cfg.data.n_train
+        examples = load_task_examples(cfg.data, cfg.split, n)
+        RunDir(path, cfg, inputs={"model": model_identity(cfg.model, tiny),
+                                   "data": examples_hash([ex for exs in examples.values() for ex in exs])})
         print(f"[study] reusing finished evaluation {path}", file=sys.stderr)
         return done
     return run_eval(cfg, run_path=path, tiny=tiny)
@@ -181,6 +192,11 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
                        "accuracy": {t: v["accuracy"] for t, v in r["tasks"].items()},
                        "truncated": {t: v["truncated_fraction"] for t, v in r["tasks"].items()}}
     results["extra_models"] = extra
+    RunDir(root).write_results(results)
+    if cfg.train and cfg.analysis.enabled:
+        from esgrpo.analysis.study import analyze_study
+
+        analyze_study(root, cfg, results)
     results["seconds"] = time.time() - t0
     RunDir(root).write_results(results)
     from esgrpo.report.study import write_study_report

@@ -27,6 +27,12 @@ def resolve_model_path(cfg: ModelConfig, tiny: TinyModelConfig | None = None, fo
     return cfg.name
 
 
+def model_identity(cfg: ModelConfig, tiny: TinyModelConfig | None = None) -> str:
+    """What names the base model's weights: the build hash for `tiny`, the id/path otherwise."""
+    path = resolve_model_path(cfg, tiny)
+    return Path(path).name if cfg.name in BUILTIN else path
+
+
 def load_policy(cfg: ModelConfig, tiny: TinyModelConfig | None = None) -> Policy:
     """Load a model + tokenizer as a Policy on the configured device and dtype."""
     import torch

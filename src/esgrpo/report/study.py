@@ -1,11 +1,12 @@
-"""The study's results.md (the paper's Table 1 layout with our numbers) and its figures."""
+"""The study's report: the paper's Table 1 layout with our numbers, budgets, figures (HTML + Markdown)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from esgrpo.runs import read_jsonl, write_text
+from esgrpo.report.document import Document
+from esgrpo.runs import read_jsonl
 
 LABELS = {"es_short": "ES short", "es_long": "ES long", "grpo": "GRPO"}
 PAPER_TABLE1 = {  # Qwen3-4B, test accuracy %: base, ES(100), ES(300), GRPO
@@ -22,32 +23,35 @@ def _mb(x: float | None) -> str:
     return "-" if x is None else f"{x / 2**20:.0f}"
 
 
-def table1(results: dict[str, Any]) -> list[str]:
+def table1(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The paper's Table 1 layout: header and rows."""
     es = results.get("es_config", {})
     short = es.get("iterations", "?")
     long_ = short * results.get("es_long_factor", 3) if isinstance(short, int) else "?"
-    lines = [f"| task | base | ES({short}) | ES({long_}) | GRPO | gain ES({short}) | gain GRPO | "
-             "paper: base / ES(100) / ES(300) / GRPO |", "|---|---|---|---|---|---|---|---|"]
+    header = ["task", "base", f"ES({short})", f"ES({long_})", "GRPO", f"gain ES({short})", "gain GRPO",
+              "paper: base / ES(100) / ES(300) / GRPO"]
+    rows = []
     for task, base in results["base"].items():
         r = results["tasks"].get(task)
         acc = r["accuracy"] if r else {}
         gains = [f"{100 * (acc[m] - base):+.1f}" if m in acc else "-" for m in ("es_short", "grpo")]
         paper = " / ".join(f"{v:.1f}" for v in PAPER_TABLE1.get(task, ()))
-        lines.append(f"| {task} | {_pct(base)} | {_pct(acc.get('es_short'))} | {_pct(acc.get('es_long'))} | "
-                     f"{_pct(acc.get('grpo'))} | {gains[0]} | {gains[1]} | {paper} |")
-    return lines
+        rows.append([task, _pct(base), _pct(acc.get("es_short")), _pct(acc.get("es_long")), _pct(acc.get("grpo")),
+                     *gains, paper])
+    return header, rows
 
 
-def budget_table(results: dict[str, Any]) -> list[str]:
-    lines = ["| task | method | iterations/steps | rollouts | generated tokens | train seconds | "
-             "peak memory added (MiB) |", "|---|---|---|---|---|---|---|"]
+def budget_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["task", "method", "iterations/steps", "rollouts", "generated tokens", "train seconds",
+              "peak memory added (MiB)"]
+    rows = []
     for task, r in results["tasks"].items():
         for m, b in r["budgets"].items():
             steps = b.get("iterations", b.get("steps"))
             peak = "(in ES long)" if m == "es_short" else _mb(b.get("peak_memory_added_bytes"))
-            lines.append(f"| {task} | {LABELS[m]} | {steps} | {b['rollouts']:,} | {b['tokens']:,} | "
-                         f"{b['seconds']:.0f} | {peak} |")
-    return lines
+            rows.append([task, LABELS[m], str(steps), f"{b['rollouts']:,}", f"{b['tokens']:,}", f"{b['seconds']:.0f}",
+                         peak])
+    return header, rows
 
 
 def accuracy_figure(results: dict[str, Any], path: Path) -> None:
@@ -104,8 +108,8 @@ def learning_curves_figure(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_study_report(root: Path, results: dict[str, Any], cfg: Any) -> str:
-    """results.md + figures; returns the Markdown."""
+def study_document(root: Path, results: dict[str, Any], cfg: Any) -> Document:
+    """Table 1, budgets, other models and the accuracy figures as a Document (analyses add sections)."""
     from dataclasses import asdict
 
     results = dict(results, es_config=asdict(cfg.es), es_long_factor=cfg.es_long_factor)
@@ -114,34 +118,47 @@ def write_study_report(root: Path, results: dict[str, Any], cfg: Any) -> str:
     accuracy_figure(results, figs / "accuracy.png")
     learning_curves_figure(results, figs / "learning_curves.png")
     g = cfg.grpo
-    md = [f"# esgrpo study: {results['model']} ({results['parameters']:,} parameters)", "",
-          f"Greedy test accuracy (%), synthetic={cfg.data.source == 'synthetic'}, n_test per task: "
-          + ", ".join(f"{t} {n}" for t, n in results["n_test"].items()) + ". "
-          f"Budget mode: **{results['budget_mode']}** "
-          + ("(each method on its own configured budget, as the paper's configs)."
-             if results["budget_mode"] == "paper" else "(GRPO gets exactly the rollouts of ES short)."), "",
-          *table1(results), "",
-          f"ES: N={cfg.es.population}, sigma={cfg.es.sigma}, alpha={cfg.es.alpha}, batch={cfg.es.batch_size or 'all'}, "
-          f"decoding={cfg.es.decoding}, antithetic={cfg.es.antithetic}. GRPO: K={g.group_size}, "
-          f"prompts/step={g.prompts_per_step}, lr={g.lr}, steps={g.steps}, beta={g.beta}, loss={g.loss_type}.", "",
-          "## Budgets", "",
-          "A rollout is one generated response (the paper's forward pass). ES short is the checkpoint of ES long "
-          "at its iteration count, so its peak memory is ES long's. Peak memory is what training added on top of "
-          "the loaded model (CPU: resident-set delta; GPU: peak allocated).", "",
-          *budget_table(results), "",
-          "![accuracy](figures/accuracy.png)", "",
-          "![learning curves](figures/learning_curves.png)", ""]
+    doc = Document(f"esgrpo study: {results['model']} ({results['parameters']:,} parameters)")
+    doc.heading("Accuracy (Table 1)")
+    doc.para(f"Greedy test accuracy (%), data source {cfg.data.source}, n_test per task: "
+             + ", ".join(f"{t} {n}" for t, n in results["n_test"].items()) + ". "
+             f"Budget mode: **{results['budget_mode']}** "
+             + ("(each method on its own configured budget, as the paper's configs)."
+                if results["budget_mode"] == "paper" else "(GRPO gets exactly the rollouts of ES short)."))
+    doc.table(*table1(results))
+    doc.para(f"ES: N={cfg.es.population}, sigma={cfg.es.sigma}, alpha={cfg.es.alpha}, "
+             f"batch={cfg.es.batch_size or 'all'}, decoding={cfg.es.decoding}, antithetic={cfg.es.antithetic}. "
+             f"GRPO: K={g.group_size}, prompts/step={g.prompts_per_step}, lr={g.lr}, steps={g.steps}, beta={g.beta}, "
+             f"loss={g.loss_type}.")
+    doc.figure(figs / "accuracy.png", "Greedy test accuracy per task: base model and each method trained on that "
+               "task alone (single-task runs).")
+    doc.heading("Budgets")
+    doc.para("A rollout is one generated response (the paper's forward pass). ES short is the checkpoint of ES long "
+             "at its iteration count, so its peak memory is ES long's. Peak memory is what training added on top of "
+             "the loaded model (CPU: resident-set delta; GPU: peak allocated).")
+    if results["tasks"]:
+        doc.table(*budget_table(results))
+    doc.figure(figs / "learning_curves.png", "Training reward against rollouts (log scale): ES's mean member "
+               "fitness and GRPO's mean sampled reward per step, on the training prompts; the dotted line is "
+               "the base model's test accuracy.")
     if results.get("extra_models"):
-        md += ["## Other models (base, greedy)", "",
-               "| model | parameters | n/task | " + " | ".join(results["base"]) + " |",
-               "|---|---|---|" + "---|" * len(results["base"])]
+        doc.heading("Other models (base, greedy)")
+        rows = []
         for name, e in results["extra_models"].items():
-            cells = [f"{_pct(e['accuracy'].get(t))} (trunc. {100 * e['truncated'].get(t, 0):.0f}%)"
-                     for t in results["base"]]
-            md.append(f"| {name} | {e['parameters']:,} | {e['n']} | " + " | ".join(cells) + " |")
-        md.append("")
-    md += [f"Tiny model build: {results['build_seconds']:.0f} s (0 if cached). "
-           f"Total study time: {results['seconds']:.0f} s."]
-    text = "\n".join(md) + "\n"
-    write_text(root / "results.md", text)
-    return text
+            rows.append([name, f"{e['parameters']:,}", str(e["n"])]
+                        + [f"{_pct(e['accuracy'].get(t))} (trunc. {100 * e['truncated'].get(t, 0):.0f}%)"
+                           for t in results["base"]])
+        doc.table(["model", "parameters", "n/task", *results["base"]], rows)
+    doc.para(f"Tiny model build: {results['build_seconds']:.0f} s (0 if cached). "
+             f"Total study time: {results['seconds']:.0f} s.")
+    return doc
+
+
+def write_study_report(root: Path, results: dict[str, Any], cfg: Any) -> str:
+    """report.html + report.md (+ figures); returns the Markdown."""
+    from esgrpo.report.geometry import add_geometry_sections
+
+    doc = study_document(root, results, cfg)
+    add_geometry_sections(doc, root)
+    doc.write(root)
+    return doc.markdown(root)

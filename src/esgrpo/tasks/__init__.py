@@ -58,3 +58,14 @@ def load_examples(
 
 
 __all__ = ["SOURCES", "TASK_NAMES", "Example", "Task", "get_task", "load_examples"]
+
+
+def examples_hash(examples: list[Example]) -> str:
+    """A short content hash of examples (uids, questions, targets): tells whether two runs saw the same data."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.uid, ex.question, ex.target], sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]

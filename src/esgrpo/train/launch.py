@@ -22,11 +22,11 @@ from esgrpo.config import (
 )
 from esgrpo.evaluate import evaluate
 from esgrpo.memory import PeakMemory
-from esgrpo.models import load_policy, resolve_model_path
+from esgrpo.models import load_policy, model_identity
 from esgrpo.models.hub import load_hf
 from esgrpo.models.policy import Policy
 from esgrpo.runs import RunDir, default_run_path, write_json
-from esgrpo.tasks import TASK_NAMES, get_task, load_examples
+from esgrpo.tasks import TASK_NAMES, examples_hash, get_task, load_examples
 from esgrpo.train.es import ESConfig, train_es
 from esgrpo.train.grpo import GRPOConfig, train_grpo
 
@@ -91,11 +91,15 @@ def run_training(method: Literal["es", "grpo"], cfg: TrainConfig, run_path: str 
     task = get_task(cfg.task)
     d = cfg.data
     train = load_examples(cfg.task, d.source, "train", d.n_train, seed=d.seed, path=d.data_paths.get(cfg.task))
-    run = RunDir(run_path or cfg.out or default_run_path(method, cfg.task), cfg, command=f"train {method}")
+    eval_tasks = cfg.eval_tasks or [cfg.task]
+    test = {t: load_examples(t, d.source, "test", d.n_test, seed=d.seed, path=d.data_paths.get(t)) for t in eval_tasks}
+    inputs = {"model": model_identity(cfg.model, cfg.tiny),
+              "data": examples_hash(train + [ex for t in eval_tasks for ex in test[t]])}
+    run = RunDir(run_path or cfg.out or default_run_path(method, cfg.task), cfg, command=f"train {method}",
+                 inputs=inputs)
     results = run.read_results()
     if results is None:
         resume = cfg.resume or (run.path / "checkpoints").exists()
-        resolve_model_path(cfg.model, cfg.tiny)
         policy = load_policy(cfg.model, cfg.tiny)
         with PeakMemory(policy.device) as mem:
             if method == "es":

@@ -1,0 +1,1 @@
+"""Analyses of what post-training did to a model, read from its checkpoints."""
