@@ -171,6 +171,12 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise EsgrpoError(f"{args.study_dir}/results.json is missing: run `esgrpo study` first")
     write_study_report(Path(args.study_dir), results, cfg)
     print(f"{args.study_dir}/report.html")
+    if getattr(args, "screenshot", False):
+        from esgrpo.report.render import screenshot
+
+        root = Path(args.study_dir)
+        png = screenshot(root / "report.html", root / "figures" / "report-screenshot.png")
+        print(png or "no chromium found: install the Debian package `chromium` for --screenshot", file=sys.stderr)
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -271,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Regenerate STUDY_DIR/report.html and report.md (tables and figures) from "
                          "results.json and analysis.json.")
     rep.add_argument("study_dir", help="The study directory (its `out`).")
+    rep.add_argument("--screenshot", action="store_true", help="Also render the page in headless Chromium to "
+                     "STUDY_DIR/figures/report-screenshot.png (checks that it displays).")
     rep.set_defaults(func=cmd_report)
 
     m = sub.add_parser("models", help="Build, convert and list models.")

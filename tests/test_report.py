@@ -1,0 +1,53 @@
+"""The report document: every block renders in HTML and Markdown; the page displays in headless Chromium."""
+
+from __future__ import annotations
+
+import pytest
+
+from esgrpo.report.document import Document
+from esgrpo.report.render import find_chromium, screenshot
+
+
+def _doc(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(tmp_path / "f.png")
+    plt.close(fig)
+    doc = Document("Title <&>")
+    doc.heading("Section one")
+    doc.para("Some **bold** and `code` text.")
+    doc.table(["task", "value"], [["math", "1.0"], ["boolq", "<2>"]])
+    doc.figure(tmp_path / "f.png", "A caption.")
+    doc.figure(tmp_path / "missing.png", "Skipped: no file.")
+    doc.heading("Section two")
+    return doc
+
+
+def test_document_renders_every_block_in_html_and_markdown(tmp_path):
+    doc = _doc(tmp_path)
+    html_path, md_path = doc.write(tmp_path)
+    html, md = html_path.read_text(), md_path.read_text()
+    assert doc.section_titles() == ["Section one", "Section two"]
+    assert "<title>Title &lt;&amp;&gt;</title>" in html  # escaped
+    assert "<b>bold</b>" in html and "<code>code</code>" in html
+    assert "<td>&lt;2&gt;</td>" in html and html.count("<tr>") == 3
+    assert html.count("data:image/png;base64,") == 1 and "<figcaption>A caption.</figcaption>" in html
+    assert "Skipped" not in html
+    assert "## Section one" in md and "| boolq | <2> |" in md and "![A caption.](f.png)" in md
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium installed (Debian package `chromium`)")
+def test_report_page_displays_in_headless_chromium(tmp_path):
+    from PIL import Image
+
+    html_path, _ = _doc(tmp_path).write(tmp_path)
+    png = screenshot(html_path, tmp_path / "shot.png", width=800, height=600)
+    img = Image.open(png).convert("L")
+    assert img.size == (800, 600)
+    lo, hi = img.getextrema()
+    assert hi - lo > 100  # text and figure drawn, not a blank page
