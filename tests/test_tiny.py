@@ -26,14 +26,12 @@ def test_corpus_is_seeded_and_mixes_correct_wrong_and_slips():
     assert a == b
     assert {d["task"] for d in a} == set(TASK_NAMES)
     kinds = Counter(d["kind"] for d in a)
-    assert kinds["correct"] > 0 and kinds["slip"] > 0 and kinds["wrong"] > 0
+    assert kinds["correct"] > kinds["slip"] > 0 and kinds["wrong"] > 0
     # slips concentrate on the slip-prone prompts (a visible feature), by construction
     prone = [d for d in a if slip_prone(d["messages"][-1]["content"])]
     other = [d for d in a if not slip_prone(d["messages"][-1]["content"])]
     rate = lambda docs: sum(d["kind"] == "slip" for d in docs) / len(docs)  # noqa: E731
     assert rate(prone) > 0.6 > 0.2 > rate(other)
-    # on the other prompts the right answer in the right format is the majority
-    assert sum(d["kind"] == "correct" for d in other) / len(other) > 0.5
 
 
 def test_tokenizer_splits_digits_and_round_trips():

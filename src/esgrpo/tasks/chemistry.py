@@ -2,11 +2,7 @@
 
 Synthetic instances are built from real periodic-table data (the `periodictable` package, the
 first N_ELEMENTS elements): symbol <-> name, name <-> atomic number, and "which has the largest
-atomic number". The gold position is drawn uniformly from A-D. Synthetic choices are laid out as
-`text (A)`, label after the text, stem last: a few-million-parameter model can then find the letter by copying
-what follows the recalled text (an induction pattern); with the hub's `A. text` layout it must look
-backwards, which the tiny model does not learn (measured: letter accuracy at chance although the
-recalled fact is right). Hub questions keep their own layout. Canonical key: the full question
+atomic number". The gold position is drawn uniformly from A-D. Canonical key: the full question
 text with its choices, so the same fact may recur across splits with other distractors or order;
 no identical question does. Symbol choices never include the one-letter symbols B and C, so a
 choice text can never be mistaken for a choice letter.
@@ -28,7 +24,7 @@ from esgrpo.rewards.mcq import LETTERS, mcq_reward
 from esgrpo.tasks.base import DemoKind, Example, Split, Task
 from esgrpo.tasks.hub import collect_synthetic, load_rows
 
-N_ELEMENTS = 20
+N_ELEMENTS = 54
 
 HUB_ID = "hicai-zju/SciKnowEval"
 HUB_CONFIG = "v2"
@@ -47,13 +43,9 @@ def _elements() -> tuple[tuple[int, str, str], ...]:
     return tuple((z, elements[z].symbol, elements[z].name) for z in range(1, N_ELEMENTS + 1))
 
 
-def format_question(stem: str, choices: list[str], labels: str = LETTERS, label_after: bool = False) -> str:
-    """The stem followed by one `A. text` line per choice; with label_after, `text (A)` lines and then the stem
-    (the stem last keeps the prompt's last character varied, see `models.tiny.slip_prone`)."""
-    pairs = zip(labels, choices, strict=False)
-    if label_after:
-        return "".join(f"{text} ({label})\n" for label, text in pairs) + stem
-    return stem + "".join(f"\n{label}. {text}" for label, text in pairs)
+def format_question(stem: str, choices: list[str], labels: str = LETTERS) -> str:
+    """The stem followed by one `A. text` line per choice."""
+    return stem + "".join(f"\n{label}. {text}" for label, text in zip(labels, choices, strict=False))
 
 
 def _draw(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
@@ -98,8 +90,8 @@ def _draw(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
         work = f"{name.capitalize()} is element {z}."
     pos = rng.randrange(4)
     choices = wrong[:pos] + [gold] + wrong[pos:]
-    question = format_question(stem, choices, label_after=True)
-    return question, question, {"answer": LETTERS[pos], "choices": choices, "work": f"{work[:-1]} ({LETTERS[pos]})."}
+    question = format_question(stem, choices)
+    return question, question, {"answer": LETTERS[pos], "choices": choices, "work": work}
 
 
 class ChemistryTask(Task):
