@@ -70,6 +70,17 @@ def test_study_end_to_end_and_rerun_reuses_runs(tmp_path, cache_dir, capsys):
         assert b["es_long"]["rollouts"] == 4 * 4 * 6
         assert b["grpo"]["rollouts"] == 2 * 3 * 4  # steps x prompts x K
         assert b["es_long"]["tokens"] > b["es_short"]["tokens"] > 0
+    # the sequence: stage 1 of every method is its single-task run on the first task, stage 2 trains on
+    seq = json.loads((root / "sequence" / "sequence.json").read_text())
+    assert seq["header"]["order"] == ["math", "boolq"]
+    for m in ("es_short", "es_long", "grpo"):
+        st = seq["methods"][m]["stages"]
+        assert [x["task"] for x in st] == ["math", "boolq"]
+        assert st[0]["checkpoint"] == saved["tasks"]["math"]["runs"]["es" if m != "grpo" else "grpo"] + (
+            "/checkpoints/step-000002" if m == "es_short" else "/checkpoints/final")
+        assert "/sequence/runs/" in st[1]["checkpoint"] and set(st[1]["accuracy"]) == {"math", "boolq"}
+        assert set(st[1]["kl"]) == {"math", "boolq"} and "average_accuracy" in seq["methods"][m]["metrics"]
+    assert "## Sequential" in md
     # ES short is ES long's checkpoint at the short budget
     es_run = root / "runs" / "math-es"
     assert (es_run / "checkpoints" / "step-000002").exists() and (es_run / "checkpoints" / "final").exists()

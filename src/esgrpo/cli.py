@@ -123,6 +123,15 @@ def cmd_study(args: argparse.Namespace) -> None:
     run_study(cfg)
 
 
+def cmd_sequence(args: argparse.Namespace) -> None:
+    from esgrpo.report.sequential import write_sequence_report
+    from esgrpo.sequence import run_sequence
+
+    cfg = config_from_args(args)
+    data = run_sequence(cfg)
+    print(write_sequence_report(Path(cfg.out), data))
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from esgrpo.train.launch import run_training
 
@@ -230,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(s, StudyConfig)
     s.add_argument("--quick", action="store_true", help="Small, fast version of the study (smoke run).")
     s.set_defaults(func=cmd_study)
+
+    from esgrpo.sequence import SequenceConfig
+
+    sq = sub.add_parser("sequence", help="Sequential post-training: the tasks one after another, per method.",
+                        description="Train ES short, ES long and GRPO through the tasks in order (each stage from "
+                        "the previous stage's weights), measuring every task after every stage; writes "
+                        "OUT/sequence.json and OUT/report.html. Resumable. `esgrpo study` runs this too.")
+    add_config_args(sq, SequenceConfig, aliases={"out": "out"})
+    sq.set_defaults(func=cmd_sequence)
 
     from esgrpo.train.launch import TrainConfig
 

@@ -35,6 +35,7 @@ from esgrpo.config import (
 from esgrpo.evaluate import evaluate
 from esgrpo.models import load_policy, model_identity, resolve_model_path
 from esgrpo.runs import RunDir, default_run_path, read_jsonl, write_text
+from esgrpo.sequence import SequentialSettings
 from esgrpo.tasks import examples_hash, load_examples
 from esgrpo.tasks.base import Example
 from esgrpo.train.launch import SetupConfig, TrainConfig, run_training
@@ -58,6 +59,7 @@ class StudyConfig(SetupConfig):
     out: str = F("runs/study", "Study directory (report.html, report.md, results.json, analysis.json, figures/, "
                  "runs/).")
     analysis: AnalysisConfig = sub(AnalysisConfig)
+    sequential: SequentialSettings = sub(SequentialSettings)
 
     def quick(self) -> StudyConfig:
         """The --quick variant: small budgets and test sets, no extra models (a smoke run)."""
@@ -67,7 +69,9 @@ class StudyConfig(SetupConfig):
             grpo=dataclasses.replace(self.grpo, steps=max(1, self.grpo.steps // 4)),
             es_long_factor=2, extra_models=[], out=self.out.rstrip("/") + "-quick",
             analysis=dataclasses.replace(self.analysis, n_examples=30, alphas=5, probe_points=3, probe_n_examples=20,
-                                         kl_prompts=8, kl_samples=1, heldout_docs=100))
+                                         kl_prompts=8, kl_samples=1, heldout_docs=100),
+            sequential=dataclasses.replace(self.sequential, order=self.sequential.order[:2], kl_prompts=8,
+                                           heldout_docs=100))
 
 
 def load_task_examples(data: DataConfig, split: str, n: int) -> dict[str, list[Example]]:
@@ -197,6 +201,14 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         from esgrpo.analysis.study import analyze_study
 
         analyze_study(root, cfg, results)
+    if cfg.train and cfg.sequential.enabled and len(cfg.data.tasks) > 1:
+        from esgrpo.sequence import SequenceConfig, run_sequence
+
+        order = [t for t in cfg.sequential.order if t in cfg.data.tasks]  # the study's tasks only
+        seq = SequenceConfig(model=cfg.model, tiny=cfg.tiny, data=cfg.data, generation=cfg.generation, es=cfg.es,
+                             grpo=cfg.grpo, sequential=dataclasses.replace(cfg.sequential, order=order),
+                             es_long_factor=cfg.es_long_factor, reuse=str(root), out=str(root / "sequence"))
+        run_sequence(seq)
     results["seconds"] = time.time() - t0
     RunDir(root).write_results(results)
     from esgrpo.report.study import write_study_report

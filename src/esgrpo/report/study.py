@@ -160,5 +160,12 @@ def write_study_report(root: Path, results: dict[str, Any], cfg: Any) -> str:
 
     doc = study_document(root, results, cfg)
     add_geometry_sections(doc, root)
+    seq = root / "sequence" / "sequence.json"
+    if seq.exists():
+        import json
+
+        from esgrpo.report.sequential import add_sequential_section
+
+        add_sequential_section(doc, json.loads(seq.read_text()), root / "figures")
     doc.write(root)
     return doc.markdown(root)

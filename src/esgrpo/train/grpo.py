@@ -35,6 +35,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -226,11 +227,14 @@ def _make_reference(policy: Policy) -> torch.nn.Module:
 
 
 def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOConfig, run: RunDir,
-               resume: bool = False, ref_model: torch.nn.Module | None = None) -> dict[str, Any]:
+               resume: bool = False, ref_model: torch.nn.Module | None = None,
+               init_optimizer: Path | None = None) -> dict[str, Any]:
     """Post-train `policy` in place with GRPO on `examples`; returns budget and final numbers.
 
     `policy` must hold the *base* weights, also when resuming: the frozen reference for KL is copied
     from it (unless `ref_model` is given) before the latest checkpoint's weights are loaded.
+    `init_optimizer`: an optimizer.pt of an earlier run (e.g. the previous stage of a sequence) whose
+    AdamW moments start this run; its learning rate and schedule are this config's.
     """
     device = policy.device
     K, P = cfg.group_size, cfg.prompts_per_step
@@ -250,6 +254,10 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
                for p in params]
     opt = torch.optim.AdamW(masters, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(cfg.warmup_steps, planned))
+
+    if init_optimizer is not None:  # the moments only: param_groups (lr, schedule) stay this run's
+        saved_opt = torch.load(init_optimizer, map_location=device)
+        opt.load_state_dict({"state": saved_opt["state"], "param_groups": opt.state_dict()["param_groups"]})
 
     if resume:
         found = resume_point(run.path, "step", require=("optimizer.pt",))

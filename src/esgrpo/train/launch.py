@@ -82,10 +82,11 @@ def evaluate_checkpoints(run: RunDir, checkpoints: dict[str, Path], cfg: ModelCo
 
 
 def run_training(method: Literal["es", "grpo"], cfg: TrainConfig, run_path: str | Path | None = None,
-                 extra_checkpoints: dict[str, int] | None = None) -> dict[str, Any]:
+                 extra_checkpoints: dict[str, int] | None = None, init_optimizer: Path | None = None) -> dict[str, Any]:
     """Train with `method` on cfg.task and evaluate; returns {"train": ..., "eval": ...}.
 
     extra_checkpoints: label -> step whose checkpoint is evaluated too (ES short inside ES long).
+    init_optimizer (GRPO): optimizer.pt whose AdamW moments start the run (a sequence's previous stage).
     A finished run is not recomputed; an interrupted one resumes from its latest checkpoint.
     """
     task = get_task(cfg.task)
@@ -105,7 +106,7 @@ def run_training(method: Literal["es", "grpo"], cfg: TrainConfig, run_path: str 
             if method == "es":
                 results = train_es(policy, task, train, cfg.es, run, resume=resume)
             else:
-                results = train_grpo(policy, task, train, cfg.grpo, run, resume=resume)
+                results = train_grpo(policy, task, train, cfg.grpo, run, resume=resume, init_optimizer=init_optimizer)
         results["peak_memory_added_bytes"] = mem.peak_bytes
         results["peak_memory_kind"] = mem.kind
         results["model_bytes"] = sum(p.numel() * p.element_size() for _, p in policy.named_parameters())

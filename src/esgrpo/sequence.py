@@ -1,0 +1,270 @@
+"""Sequential post-training (continual learning): the tasks one after another, no replay.
+
+For each method (ES short, ES long, GRPO by default) stage s trains on task order[s-1] starting from
+stage s-1's weights (stage 0 = the base model), with the method's single-task budget per stage. Each
+stage is an ordinary training run whose base model is the previous stage's checkpoint, so it is
+resumable on its own; ES and GRPO seeds are offset per stage (seed + 1000 s) so stages do not reuse
+the same noise directions / prompt orders. GRPO starts every stage with a fresh AdamW unless
+`keep_optimizer` (then the previous stage's moments, with this stage's learning-rate schedule).
+
+After the base and after every stage: greedy test accuracy on every task, the held-out corpus NLL
+(tiny model), ||theta_stage - theta_base||, and the incremental KL(pi_stage || pi_previous) on every
+task's prompts. Everything lands in `<out>/sequence.json` as soon as it is measured; a rerun skips
+every finished measurement and stage. With `reuse` (a study directory), stage 1 of each method is the
+study's single-task run on the first task (ES short = ES long's checkpoint at the short budget).
+
+Metrics (R[s][j] = accuracy on task j after stage s, S stages, task j trained at stage j):
+    average accuracy = mean_j R[S][j]
+    backward transfer BWT = mean_{j < S} (R[S][j] - R[j][j])            (negative = forgetting)
+    forgetting_j = max_{j <= s < S} R[s][j] - R[S][j]  for j < S       (Chaudhry et al. 2018)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from esgrpo.config import NON_NEGATIVE, POSITIVE, F, dump_yaml, sub
+from esgrpo.errors import EsgrpoError
+from esgrpo.runs import write_json, write_text
+from esgrpo.tasks import TASK_NAMES
+from esgrpo.train.launch import SetupConfig
+
+METHODS = ("es_short", "es_long", "grpo")
+STAGE_SEED_STRIDE = 1000
+
+
+@dataclass
+class SequentialSettings:
+    """The sequential (continual-learning) part: task order, methods, per-stage measurements."""
+
+    enabled: bool = F(True, "Run the sequential study after the single-task one (esgrpo study).")
+    order: list[str] = F(list(TASK_NAMES), "Task order, one stage per task (the paper: countdown, math, "
+                         "chemistry, boolq).",
+                         (lambda v: len(v) > 0 and all(t in TASK_NAMES for t in v) and len(set(v)) == len(v),
+                          "a non-empty list without repeats of " + ", ".join(TASK_NAMES)))
+    methods: list[str] = F(list(METHODS), "Methods to run in sequence, from: " + ", ".join(METHODS) + ".",
+                           (lambda v: len(v) > 0 and all(m in METHODS for m in v), "names among " + ", ".join(METHODS)))
+    keep_optimizer: bool = F(False, "GRPO: carry AdamW moments from stage to stage (default: fresh per stage).")
+    kl_prompts: int = F(32, "Test prompts per task for the incremental KL after each stage.", POSITIVE)
+    kl_samples: int = F(1, "Sampled responses per prompt for the incremental KL.", POSITIVE)
+    kl_max_new_tokens: int = F(32, "Maximum tokens of the responses sampled for KL.", POSITIVE)
+    heldout_docs: int = F(400, "Held-out pretraining documents for the capability NLL (tiny; 0 = skip).",
+                          NON_NEGATIVE)
+
+
+@dataclass
+class SequenceConfig(SetupConfig):
+    """`esgrpo sequence`: train the tasks one after another with each method; stage x task matrices."""
+
+    sequential: SequentialSettings = sub(SequentialSettings)
+    es_long_factor: int = F(3, "ES long runs this many times es.iterations per stage.", POSITIVE)
+    reuse: str = F("", "A study directory whose single-task runs on the first task serve as stage 1 "
+                   "(its config must match this one's model, data and trainer sections).")
+    out: str = F("runs/sequence", "Output directory (sequence.json, runs/).")
+
+
+# --- metrics (pure functions of the accuracy matrix) --------------------------------------------
+
+
+def sequence_metrics(matrix: list[dict[str, float]], order: list[str]) -> dict[str, Any]:
+    """matrix[s][task] = accuracy after stage s (s = 0 is the base); see the module docstring."""
+    S = len(order)
+    if len(matrix) != S + 1:
+        raise ValueError(f"need base + {S} stages of accuracies, got {len(matrix)} rows")
+    final = matrix[S]
+    avg = sum(final[t] for t in order) / S
+    bwt = [final[t] - matrix[j + 1][t] for j, t in enumerate(order[:-1])]
+    forgetting = {t: max(matrix[s][t] for s in range(j + 1, S)) - final[t] for j, t in enumerate(order[:-1])}
+    return {"average_accuracy": avg, "bwt": sum(bwt) / len(bwt) if bwt else 0.0, "forgetting": forgetting,
+            "mean_forgetting": sum(forgetting.values()) / len(forgetting) if forgetting else 0.0,
+            "gain_on_trained": {t: matrix[j + 1][t] - matrix[j][t] for j, t in enumerate(order)}}
+
+
+def kl_split(kl: list[dict[str, float]], order: list[str]) -> dict[str, float]:
+    """Mean incremental KL on the stage's own task (diagonal) and on the other tasks (off-diagonal).
+
+    kl[s - 1][task] = KL(pi_s || pi_{s-1}) on `task`'s prompts, for stages s = 1..S."""
+    on = [kl[s][t] for s, t in enumerate(order)]
+    off = [kl[s][u] for s, t in enumerate(order) for u in kl[s] if u != t]
+    return {"diagonal": sum(on) / len(on), "off_diagonal": sum(off) / len(off) if off else float("nan")}
+
+
+# --- the stage loop ------------------------------------------------------------------------------
+
+
+class Runner:
+    """What the loop needs per stage; the real one trains and measures, tests script a fake one."""
+
+    def train(self, method: str, stage: int, task: str, init: str) -> str:
+        """Train `method` on `task` from checkpoint `init`; return the stage checkpoint."""
+        raise NotImplementedError
+
+    def accuracy(self, ckpt: str) -> dict[str, float]:
+        raise NotImplementedError
+
+    def extras(self, ckpt: str, prev: str) -> dict[str, Any]:
+        """{"norm", "heldout_nll", "kl": {task: {...}}} of a stage (prev: the stage before)."""
+        raise NotImplementedError
+
+
+class _Record:
+    """sequence.json: loaded on start, rewritten after every measurement."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        if self.data and self.data.get("header") != header:
+            raise EsgrpoError(f"{path} holds a sequence with other settings (order, methods or budgets); "
+                              "use another output directory or delete it")
+        self.data.setdefault("header", header)
+        self.data.setdefault("methods", {})
+
+    def stages(self, method: str) -> list[dict[str, Any]]:
+        return self.data["methods"].setdefault(method, {"stages": []})["stages"]
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+
+def run_stages(runner: Runner, order: list[str], methods: list[str], base: str, out: Path,
+               header: dict[str, Any], log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The sequence for every method, resumable; returns the record with matrices and metrics."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    out.mkdir(parents=True, exist_ok=True)
+    rec = _Record(out / "sequence.json", header)
+    if "base" not in rec.data:
+        rec.data["base"] = {"checkpoint": base, "accuracy": runner.accuracy(base), **runner.extras(base, base)}
+        rec.save()
+    t0 = time.time()
+    for method in methods:
+        stages = rec.stages(method)
+        prev = base
+        for s, task in enumerate(order, start=1):
+            if len(stages) >= s and "kl" in stages[s - 1]:  # finished stage: never recomputed
+                prev = stages[s - 1]["checkpoint"]
+                continue
+            log(f"[sequence] {method} stage {s}/{len(order)}: {task} ({time.time() - t0:.0f}s)")
+            if len(stages) < s:
+                ckpt = runner.train(method, s, task, prev)
+                stages.append({"task": task, "checkpoint": ckpt})
+                rec.save()
+            st = stages[s - 1]
+            if "accuracy" not in st:
+                st["accuracy"] = runner.accuracy(st["checkpoint"])
+                rec.save()
+            st.update(runner.extras(st["checkpoint"], prev))
+            rec.save()
+            prev = st["checkpoint"]
+        matrix = [rec.data["base"]["accuracy"]] + [st["accuracy"] for st in stages]
+        rec.data["methods"][method]["metrics"] = sequence_metrics(matrix, order)
+        rec.data["methods"][method]["kl_split"] = kl_split(
+            [{t: v["kl"] for t, v in st["kl"].items()} for st in stages], order)
+        rec.save()
+    return rec.data
+
+
+class TrainingRunner(Runner):
+    """Stages as training runs (runs/<method>/stage-<s>-<task>/), measured on the test split."""
+
+    def __init__(self, cfg: SequenceConfig, out: Path) -> None:
+        from esgrpo.models import load_policy
+        from esgrpo.study import load_task_examples
+
+        self.cfg, self.out = cfg, out
+        self.test = load_task_examples(dataclasses.replace(cfg.data, tasks=cfg.sequential.order), "test",
+                                       cfg.data.n_test)
+        self.base_policy = None
+        self._load_policy = load_policy
+
+    def _stage_cfg(self, method: str, stage: int, task: str, init: str):
+        from esgrpo.train.launch import TrainConfig
+
+        c = self.cfg
+        es = dataclasses.replace(c.es, seed=c.es.seed + STAGE_SEED_STRIDE * (stage - 1),
+                                 iterations=c.es.iterations * (c.es_long_factor if method == "es_long" else 1))
+        grpo = dataclasses.replace(c.grpo, seed=c.grpo.seed + STAGE_SEED_STRIDE * (stage - 1))
+        model = c.model if stage == 1 else dataclasses.replace(c.model, name=init)
+        return TrainConfig(model=model, tiny=c.tiny, data=c.data, generation=c.generation, es=es, grpo=grpo,
+                           task=task)
+
+    def _reused(self, method: str, task: str) -> str | None:
+        if not self.cfg.reuse:
+            return None
+        runs = Path(self.cfg.reuse) / "runs"
+        short = self.cfg.es.iterations
+        path = {"es_short": runs / f"{task}-es" / "checkpoints" / f"step-{short:06d}",
+                "es_long": runs / f"{task}-es" / "checkpoints" / "final",
+                "grpo": runs / f"{task}-grpo" / "checkpoints" / "final"}[method]
+        return str(path) if (path / "config.json").exists() else None
+
+    def train(self, method: str, stage: int, task: str, init: str) -> str:
+        from esgrpo.train.launch import run_training
+
+        if stage == 1 and (found := self._reused(method, task)):
+            print(f"[sequence] stage 1 of {method} = the single-task run {found}", file=sys.stderr)
+            return found
+        run_dir = self.out / "runs" / method / f"stage-{stage}-{task}"
+        init_opt = None
+        if method == "grpo" and self.cfg.sequential.keep_optimizer and stage > 1:
+            init_opt = Path(init) / "optimizer.pt"
+        run_training("grpo" if method == "grpo" else "es", self._stage_cfg(method, stage, task, init), run_dir,
+                     init_optimizer=init_opt)
+        return str(run_dir / "checkpoints" / "final")
+
+    def accuracy(self, ckpt: str) -> dict[str, float]:
+        from esgrpo.runs import RunDir
+        from esgrpo.train.launch import evaluate_checkpoints
+
+        run = RunDir(self.out / "evals" / Path(ckpt).as_posix().strip("/").replace("/", "__")[-120:])
+        res = evaluate_checkpoints(run, {"model": Path(ckpt)}, self.cfg.model, self.cfg.data, self.cfg.generation,
+                                   list(self.test))
+        return {t: res["model"][t]["accuracy"] for t in self.test}
+
+    def extras(self, ckpt: str, prev: str) -> dict[str, Any]:
+        from esgrpo.analysis.capability import heldout_nll, heldout_path
+        from esgrpo.analysis.kl import kl_drift
+        from esgrpo.analysis.weights import update_norms
+        from esgrpo.train.launch import checkpoint_policy
+
+        s = self.cfg.sequential
+        base = self.base_dir()
+        policy = checkpoint_policy(ckpt, self.cfg.model)
+        out: dict[str, Any] = {"norm": update_norms(base, ckpt)["total"]["abs"]}
+        if s.heldout_docs and heldout_path(base) is not None:
+            out["heldout_nll"] = heldout_nll(policy, base, s.heldout_docs)["nll"]
+        if ckpt == prev:
+            out["kl"] = {t: {"kl": 0.0, "kl_se": 0.0} for t in self.test}
+            return out
+        ref = checkpoint_policy(prev, self.cfg.model)
+        ex = {t: v[:s.kl_prompts] for t, v in self.test.items()}
+        kl = kl_drift(policy, ref, ex, s.kl_samples, s.kl_max_new_tokens, seed=0,
+                      batch_size=self.cfg.generation.batch_size)
+        out["kl"] = {t: {"kl": r["kl"], "kl_se": r["kl_se"], "kl_per_token": r["kl_per_token"]} for t, r in kl.items()}
+        return out
+
+    def base_dir(self) -> str:
+        from esgrpo.analysis.study import base_checkpoint
+        from esgrpo.models import resolve_model_path
+
+        return str(base_checkpoint(resolve_model_path(self.cfg.model, self.cfg.tiny)))
+
+
+def run_sequence(cfg: SequenceConfig) -> dict[str, Any]:
+    """`esgrpo sequence`: all methods through all stages, then the report section data."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", dump_yaml(cfg))
+    runner = TrainingRunner(cfg, out)
+    s = cfg.sequential
+    header = {"order": s.order, "methods": s.methods, "es_iterations": cfg.es.iterations,
+              "es_long_factor": cfg.es_long_factor, "grpo_steps": cfg.grpo.steps, "grpo_max_rollouts":
+              cfg.grpo.max_rollouts, "keep_optimizer": s.keep_optimizer, "n_test": cfg.data.n_test,
+              "model": cfg.model.name}
+    return run_stages(runner, s.order, s.methods, runner.base_dir(), out, header)
