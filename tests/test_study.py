@@ -36,7 +36,7 @@ def small_study(out, cache_dir) -> StudyConfig:
 
 GEOMETRY_SECTIONS = ["Update norms", "Update directions", "Sparsity and rank of the updates",
                      "KL drift (on-task and off-task)", "Linear connectivity", "Direction probes",
-                     "Held-out capability (pretraining NLL)"]
+                     "Held-out capability (pretraining NLL)", "Theory", "Sequential"]
 
 
 @pytest.mark.slow

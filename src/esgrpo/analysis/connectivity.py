@@ -87,6 +87,10 @@ class CheckpointTensors:
         self._stack.close()
         self._handles = {}
 
+    def names(self) -> list[str]:
+        """All stored tensor names, sorted."""
+        return sorted(self._handles)
+
     def get(self, names: Sequence[str]) -> Tensor:
         for n in names:
             if n in self._handles:

@@ -7,7 +7,9 @@ GRPO checkpoint (all from the same base):
 2. capability: NLL of the tiny model's held-out pretraining documents before and after;
 3. KL drift KL(pi_method || pi_base) on every task's prompts (on-task and off-task);
 4. linear connectivity along base->ES, base->GRPO and ES->GRPO, with barriers;
-5. direction probes along the unit ES, GRPO and a random direction.
+5. direction probes along the unit ES, GRPO and a random direction;
+6. the random-walk theory: the ES walk replayed from its log against alpha sqrt(d T / N), and the base
+   model's Fisher trace per task for the predicted off-task KL (theory/validate.py).
 Each piece is stored in `<study>/analysis.json` as soon as it is done, so an interrupted analysis
 resumes where it stopped; a finished one is not recomputed (delete the file to redo it).
 """
@@ -162,6 +164,7 @@ def analyze_study(root: str | Path, study_cfg: Any, results: dict[str, Any] | No
 
     base = base_checkpoint(resolve_model_path(study_cfg.model, study_cfg.tiny))
     short = study_cfg.es.iterations
+    store.data["es_short_iterations"] = short
     ckpts = {t: method_checkpoints(results["tasks"][t], short) for t in tasks}
 
     # 1. weights (cheap, streaming)
@@ -240,6 +243,21 @@ def analyze_study(root: str | Path, study_cfg: Any, results: dict[str, Any] | No
         say(f"direction probes on {t}: {len(ts)} points x {len(dirs) + 1} directions")
         res = direction_probe(policy, base, dirs, ts, make_evaluate_fn(probe_ex, gen), random_seed=cfg.seed)
         store.put(res, "probes", t)
+    # 6. the random-walk theory against the ES runs (ES long's walk; GRPO's direction for the aligned part)
+    from esgrpo.theory.validate import fisher_trace, walk_drift
+
+    if not store.has("theory", "fisher"):
+        say("Fisher traces of the base model per task")
+        store.put({k: fisher_trace(policy, v[:cfg.kl_prompts], k, cfg.kl_prompts, cfg.kl_max_new_tokens, cfg.seed)
+                   for k, v in test.items()}, "theory", "fisher")
+    for t in tasks:
+        if store.has("theory", "walks", t):
+            continue
+        say(f"theory: replaying the ES walk on {t}")
+        w = walk_drift(results["tasks"][t]["runs"]["es"], study_cfg.es.alpha, study_cfg.es.population,
+                       direction=ckpts[t]["grpo"], direction_base=base)
+        w["tensor_ratios"] = {k: v["ratio"] for k, v in w.pop("per_tensor").items() if v["ndim"] == 2}
+        store.put(w, "theory", "walks", t)
     store.put(time.time() - t0 + store.data.get("seconds", 0.0), "seconds")
     say("done")
     return store.data

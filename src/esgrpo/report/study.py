@@ -155,17 +155,19 @@ def study_document(root: Path, results: dict[str, Any], cfg: Any) -> Document:
 
 
 def write_study_report(root: Path, results: dict[str, Any], cfg: Any) -> str:
-    """report.html + report.md (+ figures); returns the Markdown."""
+    """report.html + report.md (+ figures): Table 1 and budgets, geometry, theory, sequential; returns the Markdown."""
+    import json
+
     from esgrpo.report.geometry import add_geometry_sections
+    from esgrpo.report.sequential import add_sequential_section
+    from esgrpo.report.theory import add_theory_section
 
     doc = study_document(root, results, cfg)
     add_geometry_sections(doc, root)
+    if (root / "analysis.json").exists():
+        add_theory_section(doc, json.loads((root / "analysis.json").read_text()), root / "figures")
     seq = root / "sequence" / "sequence.json"
     if seq.exists():
-        import json
-
-        from esgrpo.report.sequential import add_sequential_section
-
         add_sequential_section(doc, json.loads(seq.read_text()), root / "figures")
     doc.write(root)
     return doc.markdown(root)

@@ -1,0 +1,103 @@
+"""Report section "Theory": the random-walk predictions against the study's ES runs, and the toy landscape."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from esgrpo.report.document import Document
+from esgrpo.report.geometry import _f, _pct, _plt
+
+
+def add_theory_section(doc: Document, a: dict[str, Any], figs: Path, toy: dict[str, Any] | None = None) -> None:
+    th = a.get("theory", {})
+    walks = th.get("walks", {})
+    if not walks and toy is None:
+        return
+    doc.heading("Theory")
+    if walks:
+        first = next(iter(walks.values()))
+        doc.para(f"The paper's theory: an ES step is a signal in a few directions plus an isotropic random walk in "
+                 f"the rest, so ||dtheta_ES|| ~ alpha sqrt(d T / N) whatever the task. Here alpha = {first['alpha']}, "
+                 f"N = {first['population']}, d = {first['d']:,}. 'Conditioned' uses the logged coefficients "
+                 "(d x sum of squared coefficients; differs from the paper's when fitness ties zero an iteration). "
+                 f"Random-walk fraction: {first['random_walk_rule']}. Aligned with GRPO: cosine between the ES "
+                 "walk and the GRPO update (exact, from the replayed walk).")
+        rows = []
+        for t, w in walks.items():
+            pred = w["predicted_norm_paper"]
+            rows.append([t, str(w["iterations"]), _f(w["measured_norm"], ".4g"), _f(pred, ".4g"),
+                         _f(w["measured_norm"] / pred, ".3f") if pred else "-",
+                         _f(w["predicted_norm_conditioned"], ".4g"), _f(w["r2_sq_vs_t"], ".4f"),
+                         f"{_pct(w['random_walk_fraction'], '.0f')}% of {w['n_matrices']}",
+                         str(w["zero_update_iterations"]), _f(w.get("aligned_cosine"), "+.4f"),
+                         _f(w["decomposition_rel_error"], ".1e")])
+        doc.table(["task", "T", "measured ||dES||", "alpha sqrt(dT/N)", "measured / predicted", "conditioned",
+                   "R^2 of ||d||^2 vs t", "random-walk matrices", "zero-update iterations", "cos(walk, dGRPO)",
+                   "decomposition error"], rows)
+        kl_rows = _kl_rows(a, th)
+        if kl_rows:
+            doc.para("Off-task KL: predicted 1/2 (sum of squared ES coefficients) tr(F_B), with tr(F_B) the base "
+                     "model's sequence-level Fisher trace on task B (mean ||grad log p(y|x)||^2 over sampled "
+                     "responses), against the measured KL(pi_ES || pi_base) on task B's prompts (nats per response).")
+            doc.table(["trained on", "method", "KL on", "tr(F_B)", "predicted KL", "measured KL",
+                       "measured / predicted"], kl_rows)
+        _walk_figures(doc, walks, figs)
+    if toy is not None:
+        _toy_part(doc, toy, figs)
+
+
+def _kl_rows(a: dict[str, Any], th: dict[str, Any]) -> list[list[str]]:
+    fisher = th.get("fisher", {})
+    rows = []
+    short = a.get("es_short_iterations")
+    for t, w in th.get("walks", {}).items():
+        for m, T in (("es_short", short), ("es_long", w["iterations"])):
+            if not T or len(w["cum_coef_sq"]) < T or m not in a.get("kl", {}).get(t, {}):
+                continue
+            for b, f in fisher.items():
+                if b == t or b not in a["kl"][t][m]:
+                    continue
+                pred = 0.5 * w["cum_coef_sq"][T - 1] * f["trace"]
+                meas = a["kl"][t][m][b]["kl"]
+                rows.append([t, f"{'ES short' if m == 'es_short' else 'ES long'} (T={T})", b, _f(f["trace"], ".4g"),
+                             _f(pred, ".3g"), _f(meas, ".3g"), _f(meas / pred, ".2f") if pred else "-"])
+    return rows
+
+
+def _walk_figures(doc: Document, walks: dict[str, Any], figs: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for t, w in walks.items():
+        ts = list(range(1, w["iterations"] + 1))
+        (line,) = axes[0].plot(ts, w["measured_sq"], marker="o", ms=2, label=f"{t} measured")
+        axes[0].plot(ts, w["predicted_sq_conditioned"], ls=":", color=line.get_color())
+    first = next(iter(walks.values()))
+    axes[0].plot(range(1, first["iterations"] + 1), first["predicted_sq_paper"], color="black", lw=1,
+                 label="alpha^2 d t / N")
+    axes[0].set_xlabel("ES iteration t")
+    axes[0].set_ylabel("||theta_t - theta_0||^2")
+    axes[0].legend(fontsize=7)
+    ratios = [r for w in walks.values() for r in w.get("tensor_ratios", {}).values()
+              if r is not None and not math.isnan(r)]
+    axes[1].hist(ratios, bins=30, color="#3182bd")
+    axes[1].axvline(1.0, color="black", lw=1)
+    axes[1].set_xlabel("measured / predicted squared drift per weight matrix")
+    axes[1].set_ylabel("matrices (all tasks)")
+    fig.tight_layout()
+    fig.savefig(figs / "theory_walk.png", dpi=110)
+    plt.close(fig)
+    doc.figure(figs / "theory_walk.png", "Left: squared ES drift per iteration for each task's ES-long run, replayed "
+               "from its update log (dotted: the random-walk prediction from the logged coefficients; black: the "
+               "paper's alpha^2 d t / N). Right: measured over predicted squared drift for every weight matrix.")
+
+
+def _toy_part(doc: Document, toy: dict[str, Any], figs: Path) -> None:
+    doc.heading("Toy landscape", level=3)
+    doc.para(toy.get("description", ""))
+    rows = [[k, _f(v, ".4g") if isinstance(v, float) else str(v)] for k, v in toy.get("summary", {}).items()]
+    if rows:
+        doc.table(["quantity", "value"], rows)
+    if toy.get("figure"):
+        doc.figure(Path(toy["figure"]), toy.get("caption", "Toy landscape."))

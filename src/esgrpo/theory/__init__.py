@@ -1,0 +1,1 @@
+"""The ES random-walk theory: closed-form predictions, a toy landscape, validation against runs."""

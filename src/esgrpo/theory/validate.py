@@ -1,0 +1,170 @@
+"""The random-walk theory checked against measured ES runs, from their update logs and checkpoints.
+
+An ES run's update is known exactly: theta_T - theta_0 = sum_t sum_n a_{t,n} eps_{t,n}, with the seeded
+noises eps (regenerated, never stored) and the logged coefficients a = (alpha/N) z_n * sign (updates.jsonl;
+members sharing a seed, i.e. antithetic pairs, are merged into one coefficient per seed). So:
+
+- the walk is replayed tensor by tensor (one tensor's running delta in memory at a time) to get
+  ||theta_t - theta_0||^2 after every iteration, overall and per tensor, and its exact components;
+- two predictions are set beside it: the paper's alpha^2 d t / N, and the one conditioned on the logged
+  coefficients, d * sum_{t' <= t} sum_seeds a^2 (what a pure random walk with these coefficients gives in
+  expectation; it differs from the paper's when fitness ties make z = 0 or with antithetic pairs);
+- random-walk fraction: the share of weight matrices whose measured / predicted squared drift at the end
+  lies within max(10%, 3 sqrt(2 / numel)) of 1 (3 standard deviations of the chi-square spread);
+- the part aligned with another update (e.g. GRPO's): <theta_T - theta_0, u> for the unit direction u,
+  accumulated iteration by iteration, beside its random-walk scale;
+- the off-task KL slope: predicted 1/2 sum a^2 tr(F_B) per iteration, with tr(F_B) = E ||grad log p(y|x)||^2
+  (the sequence-level Fisher trace of task B's responses, sampled from the base model) against the
+  measured KL of the ES checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esgrpo.analysis.connectivity import CheckpointTensors
+from esgrpo.runs import read_jsonl
+from esgrpo.train.noise import tensor_noise
+
+
+def seed_coefficients(updates_jsonl: str | Path) -> list[dict[int, float]]:
+    """Per iteration: {noise seed: total coefficient} (antithetic members share a seed)."""
+    out = []
+    for row in read_jsonl(Path(updates_jsonl)):
+        per_seed: dict[int, float] = {}
+        for seed, sign, coef in zip(row["seeds"], row["signs"], row["coefs"], strict=True):
+            per_seed[int(seed)] = per_seed.get(int(seed), 0.0) + float(sign) * float(coef)
+        out.append(per_seed)
+    return out
+
+
+def _r2(xs: list[float], ys: list[float]) -> float:
+    """R^2 of the least-squares line y = a + b x."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    syy = sum((y - my) ** 2 for y in ys)
+    return 1.0 if syy == 0 else (sxy * sxy / (sxx * syy) if sxx > 0 else float("nan"))
+
+
+def walk_drift(run_dir: str | Path, alpha: float, population: int, direction: str | Path | None = None,
+               direction_base: str | Path | None = None) -> dict[str, Any]:
+    """Replay an ES run's walk from its log: measured vs predicted drift per iteration, per tensor.
+
+    run_dir: an ES run directory (updates.jsonl, checkpoints/step-000000 and checkpoints/final).
+    direction / direction_base: another checkpoint and its base (default: this run's base); the ES update's
+    projection on the unit vector (direction - direction_base) is tracked per iteration.
+    """
+    run_dir = Path(run_dir)
+    coefs = seed_coefficients(run_dir / "updates.jsonl")
+    T = len(coefs)
+    base_dir, final_dir = run_dir / "checkpoints" / "step-000000", run_dir / "checkpoints" / "final"
+    sumsq_coef = [sum(a * a for a in c.values()) for c in coefs]
+    cum_coef = [sum(sumsq_coef[:t + 1]) for t in range(T)]
+    sq_total = [0.0] * T
+    aligned = [0.0] * T
+    per_tensor: dict[str, dict[str, Any]] = {}
+    d = 0
+    mismatch_sq, final_sq = 0.0, 0.0
+    with ExitStack() as stack:
+        base = stack.enter_context(CheckpointTensors(base_dir))
+        final = stack.enter_context(CheckpointTensors(final_dir))
+        names = [n for n in base.names() if base.get([n]).is_floating_point()]
+        other = other_base = None
+        u_norm = 0.0
+        if direction is not None:
+            other = stack.enter_context(CheckpointTensors(direction))
+            other_base = stack.enter_context(CheckpointTensors(direction_base or base_dir))
+            u_norm = math.sqrt(sum(float((other.get([n]).double() - other_base.get([n]).double()).pow(2).sum())
+                                   for n in names))
+        for name in names:
+            b = base.get([name]).float()
+            numel = b.numel()
+            d += numel
+            u = None
+            if other is not None and other_base is not None and u_norm > 0:
+                u = (other.get([name]).double() - other_base.get([name]).double()) / u_norm
+            delta = torch.zeros_like(b)
+            sq = []
+            for t, per_seed in enumerate(coefs):
+                step = torch.zeros_like(b)
+                for seed, a in per_seed.items():
+                    if a != 0.0:
+                        step.add_(tensor_noise(seed, name, b.shape), alpha=a)
+                delta.add_(step)
+                s = float(delta.double().pow(2).sum())
+                sq.append(s)
+                sq_total[t] += s
+                if u is not None:
+                    aligned[t] += float((step.double() * u).sum())
+            measured_delta = final.get([name]).float() - b
+            mismatch_sq += float((measured_delta.double() - delta.double()).pow(2).sum())
+            final_sq += float(measured_delta.double().pow(2).sum())
+            pred = numel * cum_coef[-1] if T else 0.0
+            per_tensor[name] = {"numel": numel, "ndim": b.dim(), "measured_sq": sq[-1] if sq else 0.0,
+                                "predicted_sq": pred, "ratio": (sq[-1] / pred) if pred else float("nan")}
+    for t in range(1, len(aligned)):
+        aligned[t] += aligned[t - 1]
+    matrices = [v for v in per_tensor.values() if v["ndim"] == 2 and v["predicted_sq"] > 0]
+    ok = [abs(v["ratio"] - 1) <= max(0.1, 3 * math.sqrt(2 / v["numel"])) for v in matrices]
+    iters = list(range(1, T + 1))
+    return {
+        "iterations": T, "d": d, "alpha": alpha, "population": population,
+        "measured_sq": sq_total,
+        "predicted_sq_paper": [alpha ** 2 * d * t / population for t in iters],
+        "predicted_sq_conditioned": [d * c for c in cum_coef],
+        "measured_norm": math.sqrt(sq_total[-1]) if T else 0.0,
+        "predicted_norm_paper": alpha * math.sqrt(d * T / population),
+        "predicted_norm_conditioned": math.sqrt(d * cum_coef[-1]) if T else 0.0,
+        "r2_sq_vs_t": _r2([float(t) for t in iters], sq_total) if T > 2 else float("nan"),
+        "slope_sq_per_iteration": (sq_total[-1] / T) if T else 0.0,
+        "random_walk_fraction": sum(ok) / len(ok) if ok else float("nan"),
+        "random_walk_rule": "matrices with |measured/predicted squared drift - 1| <= max(0.1, 3 sqrt(2/numel))",
+        "n_matrices": len(ok),
+        "decomposition_rel_error": math.sqrt(mismatch_sq / final_sq) if final_sq else 0.0,
+        "aligned": aligned if direction is not None else None,
+        "aligned_cosine": (aligned[-1] / math.sqrt(sq_total[-1])) if direction is not None and T and sq_total[-1]
+        else None,
+        "zero_update_iterations": sum(1 for s in sumsq_coef if s == 0.0),
+        "cum_coef_sq": cum_coef,
+        "per_tensor": per_tensor,
+    }
+
+
+def fisher_trace(policy, examples: list, task_name: str, n_samples: int, max_new_tokens: int, seed: int = 0) -> dict:
+    """tr(F) of the sequence-level Fisher on a task: mean over sampled responses of ||grad log p(y|x)||^2.
+
+    Responses are sampled from the policy at temperature 1 (seeded per row); the gradient is of the summed
+    token log-probabilities of each response. Returns {"trace", "se", "n"}.
+    """
+    from esgrpo.tasks import get_task
+
+    task = get_task(task_name)
+    prompts = policy.encode([task.messages(ex) for ex in examples])
+    rows = [prompts[i % len(prompts)] for i in range(n_samples)]
+    gen = policy.generate(rows, max_new_tokens=max_new_tokens, temperature=1.0,
+                          seeds=[seed + i for i in range(n_samples)])
+    params = [p for _, p in policy.named_parameters()]
+    vals = []
+    for p_ids, r_ids in zip(rows, gen.response_ids, strict=True):
+        if not r_ids:
+            continue
+        lp, mask = policy.logprobs([p_ids], [r_ids])
+        grads = torch.autograd.grad((lp * mask).sum(), params, allow_unused=True)
+        vals.append(sum(float(g.double().pow(2).sum()) for g in grads if g is not None))
+    n = len(vals)
+    mean = sum(vals) / n if n else float("nan")
+    se = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1) / n) if n > 1 else float("nan")
+    return {"trace": mean, "se": se, "n": n}
+
+
+def kl_prediction(cum_coef_sq: float, fisher: Mapping[str, float]) -> dict[str, float]:
+    """Predicted KL_B after the walk: 1/2 * sum a^2 * tr(F_B) per task B (a quadratic, isotropic-walk model)."""
+    return {t: 0.5 * cum_coef_sq * tr for t, tr in fisher.items()}
