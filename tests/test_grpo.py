@@ -277,3 +277,22 @@ def test_bf16_trains_through_float32_masters_and_resumes(tmp_path):
     train_grpo(make_micro_policy(dtype=torch.bfloat16), FakeTask(), EXAMPLES, cfg, run, resume=True)
     resumed = torch.load(tmp_path / "resumed/checkpoints/final/master.pt")
     assert all(torch.equal(a, b) for a, b in zip(masters, resumed, strict=True))
+
+
+def test_init_optimizer_carries_adam_moments_but_not_the_schedule(tmp_path):
+    """A sequence's next stage can start from the previous stage's AdamW moments (keep_optimizer)."""
+    a = make_micro_policy()
+    train_grpo(a, FakeTask(), EXAMPLES, small_cfg(steps=2, lr=1e-3), RunDir(tmp_path / "a"))
+    prev = tmp_path / "a/checkpoints/final/optimizer.pt"
+    saved = torch.load(prev)
+    b = make_micro_policy()
+    train_grpo(b, FakeTask(), EXAMPLES, small_cfg(steps=1, lr=5e-4), RunDir(tmp_path / "b"), init_optimizer=prev)
+    fresh = make_micro_policy()
+    train_grpo(fresh, FakeTask(), EXAMPLES, small_cfg(steps=1, lr=5e-4), RunDir(tmp_path / "c"))
+    carried, new = torch.load(tmp_path / "b/checkpoints/final/optimizer.pt"), torch.load(
+        tmp_path / "c/checkpoints/final/optimizer.pt")
+    k = next(iter(saved["state"]))
+    assert float(carried["state"][k]["step"]) == float(saved["state"][k]["step"]) + 1 == 3
+    assert float(new["state"][k]["step"]) == 1
+    assert carried["param_groups"][0]["initial_lr"] == pytest.approx(5e-4)  # this run's schedule
+    assert not torch.equal(carried["state"][k]["exp_avg_sq"], new["state"][k]["exp_avg_sq"])
