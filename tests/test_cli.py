@@ -91,3 +91,14 @@ def test_analyze_norms_cosine_and_errors(tmp_path, capsys):
     assert code == 2 and "missing" in err and "Traceback" not in err
     code = main(["report", str(tmp_path / "base")])
     assert code == 2 and "not a study directory" in capsys.readouterr().err
+
+
+def test_theory_predict_reproduces_the_papers_norms_and_validate_errors_are_clear(tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["theory", "predict", "--alpha", "7.5e-4", "--N", "30", "--T", "300", "--d", "4020000000"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["es_norm"] == pytest.approx(150.4, rel=2e-3)  # the paper's prediction for T = 300
+    code = main(["theory", "validate", str(tmp_path), "--alpha", "0.01", "--N", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a readable ES run" in err and "Traceback" not in err
+    assert main(["theory", "predict", "--alpha", "0.01"]) == 2

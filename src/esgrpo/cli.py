@@ -132,6 +132,36 @@ def cmd_sequence(args: argparse.Namespace) -> None:
     print(write_sequence_report(Path(cfg.out), data))
 
 
+def cmd_theory(args: argparse.Namespace) -> None:
+    """predict: closed forms; validate: an ES run against them; toy: the quadratic landscape."""
+    from esgrpo.theory import predict
+
+    if args.action == "predict":
+        if None in (args.alpha, args.N, args.T, args.d):
+            raise EsgrpoError("theory predict needs --alpha, --N, --T and --d")
+        out: dict[str, Any] = {"es_norm": predict.es_norm(args.alpha, args.N, args.T, args.d),
+                               "es_norm_spread": predict.es_norm_spread(args.alpha, args.N, args.T, args.d),
+                               "squared_drift_per_iteration": predict.squared_drift(args.alpha, args.N, 1, args.d),
+                               "cosine_with_fixed_direction": predict.cosine_with_fixed_direction(args.d, args.r)}
+        if args.fisher_trace is not None:
+            out["offtask_kl"] = predict.offtask_kl(args.alpha, args.N, args.T, args.fisher_trace)
+    elif args.action == "validate":
+        from esgrpo.theory.validate import walk_drift
+
+        if args.run_dir is None or args.alpha is None or args.N is None:
+            raise EsgrpoError("theory validate needs RUN_DIR, --alpha and --N (the run's ES settings)")
+        try:
+            out = walk_drift(args.run_dir, args.alpha, args.N, direction=args.direction)
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            raise EsgrpoError(f"{args.run_dir}: not a readable ES run ({e})") from e
+        out.pop("per_tensor")
+    else:
+        from esgrpo.theory.toy import four_phenomena
+
+        out = {k: v for k, v in four_phenomena(seed=args.seed).items() if not hasattr(v, "shape")}
+    print(json.dumps(out, indent=1, default=float))
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from esgrpo.train.launch import run_training
 
@@ -290,6 +320,23 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                     help="study: override a study config key, e.g. --set analysis.n_examples=200.")
     an.set_defaults(func=cmd_analyze)
+
+    th = sub.add_parser("theory", help="The ES random-walk theory: predictions, validation on a run, toy landscape.",
+                        description="predict --alpha A --N N --T T --d D [--r R] [--fisher-trace F]: closed forms. "
+                        "validate RUN_DIR --alpha A --N N [--direction CKPT]: replay an ES run's walk from its log "
+                        "against the predictions. toy: the quadratic landscape's four phenomena.")
+    th.add_argument("action", choices=["predict", "validate", "toy"], help="What to do.")
+    th.add_argument("run_dir", nargs="?", default=None, help="validate: the ES run directory.")
+    th.add_argument("--alpha", type=float, default=None, help="ES step size alpha (1/sigma folded in).")
+    th.add_argument("--N", type=int, default=None, help="ES population size.")
+    th.add_argument("--T", type=int, default=None, help="predict: iterations.")
+    th.add_argument("--d", type=int, default=None, help="predict: number of parameters.")
+    th.add_argument("--r", type=int, default=None, help="predict: informative directions (signal cosine scale).")
+    th.add_argument("--fisher-trace", type=float, default=None, help="predict: tr(F_B) for the off-task KL.")
+    th.add_argument("--direction", default=None, help="validate: a checkpoint whose update the walk is "
+                    "projected on (its base is the run's base).")
+    th.add_argument("--seed", type=int, default=0, help="toy: seed.")
+    th.set_defaults(func=cmd_theory)
 
     rep = sub.add_parser("report", help="Rewrite a study's report.html and report.md from its records.",
                          description="Regenerate STUDY_DIR/report.html and report.md (tables and figures) from "

@@ -165,7 +165,10 @@ def write_study_report(root: Path, results: dict[str, Any], cfg: Any) -> str:
     doc = study_document(root, results, cfg)
     add_geometry_sections(doc, root)
     if (root / "analysis.json").exists():
-        add_theory_section(doc, json.loads((root / "analysis.json").read_text()), root / "figures")
+        from esgrpo.report.theory import toy_summary
+
+        figs = root / "figures"
+        add_theory_section(doc, json.loads((root / "analysis.json").read_text()), figs, toy=toy_summary(figs))
     seq = root / "sequence" / "sequence.json"
     if seq.exists():
         add_sequential_section(doc, json.loads(seq.read_text()), root / "figures")
