@@ -37,3 +37,27 @@ def make_micro_policy(seed: int = 0, hidden: int = 32, layers: int = 2, dtype: t
 @pytest.fixture
 def micro_policy():
     return make_micro_policy()
+
+
+def _stub_task_class():
+    from esgrpo.tasks.base import Task
+
+    class StubTask(Task):
+        """A task for trainer tests: subclasses define `reward`; it has no data of its own."""
+
+        name = "stub"
+        system_prompt = "Answer."
+
+        def synthetic(self, split, n, seed):
+            raise NotImplementedError
+
+        def from_hub(self, split, n, path):
+            raise NotImplementedError
+
+        def demonstration(self, example, rng, kind):
+            raise NotImplementedError
+
+    return StubTask
+
+
+StubTask = _stub_task_class()

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_micro_policy
+from conftest import StubTask, make_micro_policy
 from esgrpo.errors import ConfigError
 from esgrpo.runs import RunDir
-from esgrpo.tasks.base import Example, Task
+from esgrpo.tasks.base import Example
 from esgrpo.train.checkpoint import step_name
 from esgrpo.train.es import (
     ESConfig,
@@ -30,23 +30,13 @@ from esgrpo.train.noise import tensor_noise
 from esgrpo.train.population import Batch, PopulationResult, Score, SequentialEvaluator, TaskScorer
 
 
-class FakeTask(Task):
+class FakeTask(StubTask):
     """Reward 1.0 when the response contains the letter 'e': varied on a random micro model."""
 
     name = "fake"
-    system_prompt = "Answer."
 
     def reward(self, text: str, example: Example) -> float:
         return 1.0 if "e" in text else 0.0
-
-    def synthetic(self, split, n, seed):
-        raise NotImplementedError
-
-    def from_hub(self, split, n, path):
-        raise NotImplementedError
-
-    def demonstration(self, example, rng, kind):
-        raise NotImplementedError
 
 
 class RaisingTask(FakeTask):

@@ -9,9 +9,9 @@ import random
 import pytest
 import torch
 
-from conftest import make_micro_policy
+from conftest import StubTask, make_micro_policy
 from esgrpo.runs import RunDir
-from esgrpo.tasks.base import Example, Task
+from esgrpo.tasks.base import Example
 from esgrpo.theory.validate import seed_coefficients, walk_drift
 from esgrpo.train.es import ESConfig, train_es
 from esgrpo.train.population import PopulationResult
@@ -19,21 +19,9 @@ from esgrpo.train.population import PopulationResult
 EXAMPLES = [Example(uid=str(i), question=f"Compute {i}+{i}.", target={}) for i in range(4)]
 
 
-class NoTask(Task):
-    name = "none"
-    system_prompt = "Answer."
-
+class NoTask(StubTask):
     def reward(self, text, example):
         return 0.0
-
-    def synthetic(self, split, n, seed):
-        raise NotImplementedError
-
-    def from_hub(self, split, n, path):
-        raise NotImplementedError
-
-    def demonstration(self, example, rng, kind):
-        raise NotImplementedError
 
 
 class RandomFitness:

@@ -126,12 +126,13 @@ def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_ids: se
     return Generation(response_ids, texts, logprobs if return_logprobs else None, finished)
 
 
-def response_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], response_ids: list[list[int]],
-                      pad_id: int, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Per-token log pi(response | prompt), differentiable.
+def response_log_softmax(model: torch.nn.Module, prompt_ids: list[list[int]], response_ids: list[list[int]],
+                         pad_id: int, temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """fp32 log-softmax(logits / T) at every response position, differentiable.
 
-    Returns (logprobs, mask), both (B, T) with T the longest response; mask is 1 on real tokens.
-    Sequences are laid out as [left pad | prompt | response | right pad].
+    Returns (logp (B, T, V), mask (B, T), targets (B, T)): row i, position t is the distribution of
+    response token t given prompt i and response tokens < t; T is the longest response; mask is 1 on
+    real tokens. Sequences are laid out as [left pad | prompt | response | right pad].
     """
     device = next(model.parameters()).device
     B = len(prompt_ids)
@@ -152,5 +153,12 @@ def response_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], respo
     logits = logits[:, P - 1:P + T - 1, :].float()  # the logits that predict each response token
     if temperature != 1.0:
         logits = logits / temperature
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, P:P + T, None]).squeeze(-1)
+    return torch.log_softmax(logits, dim=-1), resp_mask, ids[:, P:P + T]
+
+
+def response_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], response_ids: list[list[int]],
+                      pad_id: int, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Per-token log pi(response | prompt), differentiable: (logprobs, mask), both (B, T)."""
+    logp, resp_mask, targets = response_log_softmax(model, prompt_ids, response_ids, pad_id, temperature)
+    lp = logp.gather(-1, targets[..., None]).squeeze(-1)
     return lp * resp_mask, resp_mask

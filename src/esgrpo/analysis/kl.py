@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from esgrpo import rollout
 from esgrpo.models.policy import Policy
-from esgrpo.rollout import positions
 from esgrpo.tasks import get_task
 from esgrpo.tasks.base import Example
 from esgrpo.train.kl import k3
@@ -36,31 +36,9 @@ from esgrpo.train.kl import k3
 
 def response_log_softmax(policy: Policy, prompt_ids: list[list[int]], response_ids: list[list[int]],
                          temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """fp32 log-softmax(logits / T) at every response position, (B, T, V), and the (B, T) mask of real tokens.
-
-    Row i, position t is the distribution of response token t given prompt i and response tokens < t.
-    Layout as in `rollout.response_logprobs`: [left pad | prompt | response | right pad].
-    """
-    device = policy.device
-    B = len(prompt_ids)
-    P = max(len(p) for p in prompt_ids)
-    T = max(1, max(len(r) for r in response_ids))
-    ids = torch.full((B, P + T), policy.pad_id, dtype=torch.long)
-    attn = torch.zeros((B, P + T), dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.float32)
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
-        ids[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
-        attn[i, P - len(p):P] = 1
-        if r:
-            ids[i, P:P + len(r)] = torch.tensor(r, dtype=torch.long)
-            attn[i, P:P + len(r)] = 1
-            mask[i, :len(r)] = 1
-    ids, attn = ids.to(device), attn.to(device)
-    logits = policy.model(input_ids=ids, attention_mask=attn, position_ids=positions(attn)).logits
-    logits = logits[:, P - 1:P + T - 1, :].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    return torch.log_softmax(logits, dim=-1), mask.to(device)
+    """fp32 log-softmax(logits / T) at every response position, (B, T, V), and the (B, T) mask of real tokens."""
+    logp, mask, _ = rollout.response_log_softmax(policy.model, prompt_ids, response_ids, policy.pad_id, temperature)
+    return logp, mask
 
 
 def _mean_se(xs: list[float]) -> tuple[float, float | None, float | None]:
