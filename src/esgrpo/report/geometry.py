@@ -58,7 +58,7 @@ def add_geometry_sections(doc: Document, root: Path) -> None:
 def norms_section(doc: Document, a: dict[str, Any], figs: Path) -> None:
     doc.heading("Update norms")
     doc.para("||theta - theta_base||_2 over all parameters, in fp32 from the stored checkpoints, and relative to "
-             "||theta_base||. The paper reports ES updates about two orders of magnitude larger than GRPO's.")
+             "||theta_base||. The paper (Qwen3-4B) reports ||dES|| ~ 87 against ||dGRPO|| ~ 1 after one task (~90x).")
     rows = []
     for t, w in a["weights"].items():
         n = w["norms"]
@@ -138,8 +138,8 @@ def kl_section(doc: Document, a: dict[str, Any], figs: Path) -> None:
     doc.para(f"KL(pi_method || pi_base) in nats per response, mean +- standard error over {est['n']} sampled "
              f"responses per task ({est['n_prompts']} test prompts x {est['samples_per_prompt']}); estimator: "
              f"{est['estimator']}. Rows: method and the task it was trained on; columns: the task whose prompts are "
-             "used. The diagonal (**bold**) is on-task drift, the rest off-task. The paper finds ES drifts less "
-             "off-task than GRPO.")
+             "used. The diagonal (**bold**) is on-task drift, the rest off-task. The paper finds GRPO's drift "
+             "concentrated on the trained task and ES drifting on every task (e.g. 0.23 vs 0.01 nats on BoolQ).")
     eval_tasks = list(some)
     rows = []
     for t, per_m in a["kl"].items():
@@ -216,7 +216,8 @@ def probes_section(doc: Document, a: dict[str, Any], figs: Path) -> None:
     doc.heading("Direction probes")
     doc.para("Accuracy along theta_base + t u for the unit ES-long direction, the unit GRPO direction and a seeded "
              "random unit direction; t spans both methods' actual displacements (marked). Off-task = mean over "
-             "the tasks not trained.")
+             "the tasks not trained. The paper: GRPO's direction peaks fast then falls, ES's needs a much larger "
+             "displacement, and off-task the ES direction behaves like a random one.")
     skipped = [t for t, p in a["probes"].items() if "directions" not in p]
     if skipped:
         doc.para("Not probed (both updates zero): " + ", ".join(skipped) + ".")
