@@ -21,7 +21,7 @@ def _doc(tmp_path):
     doc = Document("Title <&>")
     doc.heading("Section one")
     doc.para("Some **bold** and `code` text.")
-    doc.table(["task", "value"], [["math", "1.0"], ["boolq", "<2>"]])
+    doc.table(["task", "value"], [["math", "1.0"], ["boolq", "<2>"], ["norm", "||d||"]])
     doc.figure(tmp_path / "f.png", "A caption.")
     doc.figure(tmp_path / "missing.png", "Skipped: no file.")
     doc.heading("Section two")
@@ -35,10 +35,11 @@ def test_document_renders_every_block_in_html_and_markdown(tmp_path):
     assert doc.section_titles() == ["Section one", "Section two"]
     assert "<title>Title &lt;&amp;&gt;</title>" in html  # escaped
     assert "<b>bold</b>" in html and "<code>code</code>" in html
-    assert "<td>&lt;2&gt;</td>" in html and html.count("<tr>") == 3
+    assert "<td>&lt;2&gt;</td>" in html and html.count("<tr>") == 4 and "<td>||d||</td>" in html
     assert html.count("data:image/png;base64,") == 1 and "<figcaption>A caption.</figcaption>" in html
     assert "Skipped" not in html
     assert "## Section one" in md and "| boolq | <2> |" in md and "![A caption.](f.png)" in md
+    assert "| norm | \\|\\|d\\|\\| |" in md  # pipes inside a Markdown cell are escaped
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="no Chromium installed (Debian package `chromium`)")

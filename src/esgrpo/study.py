@@ -62,16 +62,19 @@ class StudyConfig(SetupConfig):
     sequential: SequentialSettings = sub(SequentialSettings)
 
     def quick(self) -> StudyConfig:
-        """The --quick variant: small budgets and test sets, no extra models (a smoke run)."""
+        """The --quick variant (a smoke run, ~5 min on 2 cores): small budgets, test sets and analysis grids, no
+        extra models, a two-stage sequence without ES long."""
         return dataclasses.replace(
             self, data=dataclasses.replace(self.data, n_test=100),
-            es=dataclasses.replace(self.es, iterations=max(1, self.es.iterations // 4)),
+            es=dataclasses.replace(self.es, iterations=max(1, self.es.iterations // 4),
+                                   batch_size=max(8, self.es.batch_size // 2) if self.es.batch_size else 32),
             grpo=dataclasses.replace(self.grpo, steps=max(1, self.grpo.steps // 4)),
             es_long_factor=2, extra_models=[], out=self.out.rstrip("/") + "-quick",
-            analysis=dataclasses.replace(self.analysis, n_examples=30, alphas=5, probe_points=3, probe_n_examples=20,
+            analysis=dataclasses.replace(self.analysis, n_examples=20, alphas=3, probe_points=2, probe_n_examples=10,
                                          kl_prompts=8, kl_samples=1, heldout_docs=100),
-            sequential=dataclasses.replace(self.sequential, order=self.sequential.order[:2], kl_prompts=8,
-                                           heldout_docs=100))
+            sequential=dataclasses.replace(self.sequential, order=self.sequential.order[:2],
+                                           methods=[m for m in self.sequential.methods if m != "es_long"] or ["grpo"],
+                                           kl_prompts=8, heldout_docs=100))
 
 
 def load_task_examples(data: DataConfig, split: str, n: int) -> dict[str, list[Example]]:

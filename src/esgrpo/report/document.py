@@ -69,8 +69,9 @@ class Document:
                 out.append(b.text)
             elif b.kind == "table":
                 header, *rows = b.rows
-                out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                                     + ["| " + " | ".join(r) + " |" for r in rows]))
+                cell = lambda c: c.replace("|", "\\|")  # noqa: E731  (a bare | would split the cell)
+                out.append("\n".join(["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+                                     + ["| " + " | ".join(map(cell, r)) + " |" for r in rows]))
             elif b.kind == "figure" and b.path is not None:
                 rel = b.path.relative_to(root) if b.path.is_relative_to(root) else b.path
                 out.append(f"![{b.text}]({rel})\n\n*{b.text}*")
