@@ -102,3 +102,29 @@ def test_theory_predict_reproduces_the_papers_norms_and_validate_errors_are_clea
     err = capsys.readouterr().err
     assert code == 2 and "not a readable ES run" in err and "Traceback" not in err
     assert main(["theory", "predict", "--alpha", "0.01"]) == 2
+
+
+def test_analyze_kl_interpolate_and_probe_on_checkpoints(tmp_path, capsys):
+    import torch
+
+    from conftest import make_micro_policy
+
+    a = make_micro_policy(seed=0)
+    a.save(tmp_path / "a")
+    with torch.no_grad():
+        for _, p in a.named_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    a.save(tmp_path / "b")
+    capsys.readouterr()
+    common = ["--tasks", "math", "--n", "2", "--max-new-tokens", "4"]
+    assert main(["analyze", "kl", str(tmp_path / "b"), str(tmp_path / "a"), *common]) == 0
+    kl = json.loads(capsys.readouterr().out)["math"]
+    assert kl["kl"] > 0 and kl["n"] == 2
+    assert main(["analyze", "kl", str(tmp_path / "a"), str(tmp_path / "a"), *common]) == 0
+    assert json.loads(capsys.readouterr().out)["math"]["kl"] == 0.0
+    assert main(["analyze", "interpolate", str(tmp_path / "a"), str(tmp_path / "b"), "--points", "3", *common]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [p["alpha"] for p in out["points"]] == [0.0, 0.5, 1.0] and "math/accuracy" in out["barriers"]
+    assert main(["analyze", "probe", str(tmp_path / "a"), str(tmp_path / "b"), "--points", "2", *common]) == 0
+    assert {"d1:b", "random"} == set(json.loads(capsys.readouterr().out)["directions"])
+    assert main(["analyze", "kl", str(tmp_path / "a"), *common]) == 2

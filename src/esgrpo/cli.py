@@ -218,6 +218,39 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(png or "no chromium found: install the Debian package `chromium` for --screenshot", file=sys.stderr)
 
 
+def _analyze_behaviour(args: argparse.Namespace) -> dict[str, Any]:
+    """kl CKPT REF | interpolate A B | probe BASE CKPT [CKPT ...], on the synthetic test split."""
+    from esgrpo.analysis.connectivity import barriers, default_alphas, interpolate, make_evaluate_fn
+    from esgrpo.config import GenerationConfig, ModelConfig
+    from esgrpo.tasks import TASK_NAMES, load_examples
+    from esgrpo.train.launch import checkpoint_policy
+
+    need = {"kl": 2, "interpolate": 2, "probe": None}[args.what]
+    if (need and len(args.paths) != need) or len(args.paths) < 2:
+        raise EsgrpoError(f"analyze {args.what} takes {need or 'two or more'} checkpoint paths, got {len(args.paths)}")
+    tasks = args.tasks.split(",") if args.tasks else list(TASK_NAMES)
+    examples = {t: load_examples(t, "synthetic", "test", args.n, seed=args.seed) for t in tasks}
+    model = ModelConfig()  # only its dtype and device rules are used
+    policy = checkpoint_policy(args.paths[0], model)
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    if args.what == "kl":
+        from esgrpo.analysis.kl import kl_drift
+
+        return kl_drift(policy, checkpoint_policy(args.paths[1], model), examples, args.samples,
+                        args.max_new_tokens, seed=0)
+    if args.what == "interpolate":
+        pts = interpolate(policy, args.paths[0], args.paths[1], default_alphas(args.points),
+                          make_evaluate_fn(examples, gen))
+        return {"points": pts, "barriers": barriers(pts)}
+    from esgrpo.analysis.probes import direction_probe, probe_grid
+    from esgrpo.analysis.weights import update_norms
+
+    dirs = {f"d{i}:{Path(c).name}": c for i, c in enumerate(args.paths[1:], start=1)}
+    norms = [update_norms(args.paths[0], c)["total"]["abs"] for c in dirs.values()]
+    return direction_probe(policy, args.paths[0], dirs, probe_grid(norms, n=args.points),
+                           make_evaluate_fn(examples, gen), random_seed=args.seed)
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     """Weight-space analyses print JSON; `study` runs every analysis of a study and rewrites its report."""
     from esgrpo.analysis import weights
@@ -233,6 +266,9 @@ def cmd_analyze(args: argparse.Namespace) -> None:
             analyze_study(args.paths[0], cfg)
             args.study_dir = args.paths[0]
             cmd_report(args)
+            return
+        if args.what in ("kl", "interpolate", "probe"):
+            print(json.dumps(_analyze_behaviour(args), indent=1, default=float))
             return
         need = {"norms": 2, "cosine": 3, "sparsity": 2, "rank": 2}[args.what]
         if len(args.paths) != need:
@@ -308,15 +344,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser("analyze", help="Geometry of updates: norms, cosine, sparsity, rank; or a whole study.",
                         description="norms BASE CKPT | cosine BASE A B | sparsity BASE CKPT | rank BASE CKPT: print "
-                        "JSON (checkpoints: HF directories or .safetensors files). study STUDY_DIR: run every analysis "
+                        "JSON (checkpoints: HF directories or .safetensors files). kl CKPT REF | interpolate A B | "
+                        "probe BASE CKPT [CKPT ...]: behaviour on the synthetic test split (HF directories). "
+                        "study STUDY_DIR: run every analysis "
                         "of a finished study (norms, cosines, sparsity, rank, KL drift, interpolation, direction "
                         "probes, held-out NLL) into STUDY_DIR/analysis.json and rewrite its report; --set "
                         "analysis.KEY=VALUE changes the analysis settings.")
-    an.add_argument("what", choices=["norms", "cosine", "sparsity", "rank", "study"], help="Which analysis.")
+    an.add_argument("what", choices=["norms", "cosine", "sparsity", "rank", "kl", "interpolate", "probe", "study"],
+                    help="Which analysis.")
     an.add_argument("paths", nargs="+", help="Checkpoints (base first), or the study directory.")
     an.add_argument("--atol", type=float, default=0.0, help="sparsity: a weight is changed when |delta| > atol.")
     an.add_argument("--top-k", type=int, default=8, help="rank: singular values kept per matrix.")
     an.add_argument("--full", action="store_true", help="Include per-tensor / per-matrix entries.")
+    an.add_argument("--tasks", default="", help="kl/interpolate/probe: comma-separated tasks (default: all).")
+    an.add_argument("--n", type=int, default=100, help="kl/interpolate/probe: synthetic test examples per task.")
+    an.add_argument("--seed", type=int, default=1234, help="Synthetic data seed (probe: also the random direction).")
+    an.add_argument("--samples", type=int, default=1, help="kl: sampled responses per prompt.")
+    an.add_argument("--points", type=int, default=11, help="interpolate/probe: grid points.")
+    an.add_argument("--max-new-tokens", type=int, default=48, help="kl/interpolate/probe: response length cap.")
     an.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                     help="study: override a study config key, e.g. --set analysis.n_examples=200.")
     an.set_defaults(func=cmd_analyze)
