@@ -51,6 +51,9 @@ class SequentialSettings:
                           "a non-empty list without repeats of " + ", ".join(TASK_NAMES)))
     methods: list[str] = F(list(METHODS), "Methods to run in sequence, from: " + ", ".join(METHODS) + ".",
                            (lambda v: len(v) > 0 and all(m in METHODS for m in v), "names among " + ", ".join(METHODS)))
+    n_test: int = F(300, "Test examples per task for the stage x task matrices: the first n of the test split "
+                    "(at most data.n_test; 0 = data.n_test). 300 keeps the default sequence within 20 minutes.",
+                    NON_NEGATIVE)
     keep_optimizer: bool = F(False, "GRPO: carry AdamW moments from stage to stage (default: fresh per stage).")
     kl_prompts: int = F(32, "Test prompts per task for the incremental KL after each stage.", POSITIVE)
     kl_samples: int = F(1, "Sampled responses per prompt for the incremental KL.", POSITIVE)
@@ -178,8 +181,9 @@ class TrainingRunner(Runner):
         from esgrpo.study import load_task_examples
 
         self.cfg, self.out = cfg, out
-        self.test = load_task_examples(dataclasses.replace(cfg.data, tasks=cfg.sequential.order), "test",
-                                       cfg.data.n_test)
+        self.data = dataclasses.replace(cfg.data, n_test=sequence_n_test(cfg))
+        self.test = load_task_examples(dataclasses.replace(self.data, tasks=cfg.sequential.order), "test",
+                                       self.data.n_test)
         self.base_policy = None
         self._load_policy = load_policy
 
@@ -191,7 +195,7 @@ class TrainingRunner(Runner):
                                  iterations=c.es.iterations * (c.es_long_factor if method == "es_long" else 1))
         grpo = dataclasses.replace(c.grpo, seed=c.grpo.seed + STAGE_SEED_STRIDE * (stage - 1))
         model = c.model if stage == 1 else dataclasses.replace(c.model, name=init)
-        return TrainConfig(model=model, tiny=c.tiny, data=c.data, generation=c.generation, es=es, grpo=grpo,
+        return TrainConfig(model=model, tiny=c.tiny, data=self.data, generation=c.generation, es=es, grpo=grpo,
                            task=task)
 
     def _reused(self, method: str, task: str) -> str | None:
@@ -223,7 +227,7 @@ class TrainingRunner(Runner):
         from esgrpo.train.launch import evaluate_checkpoints
 
         run = RunDir(self.out / "evals" / Path(ckpt).as_posix().strip("/").replace("/", "__")[-120:])
-        res = evaluate_checkpoints(run, {"model": Path(ckpt)}, self.cfg.model, self.cfg.data, self.cfg.generation,
+        res = evaluate_checkpoints(run, {"model": Path(ckpt)}, self.cfg.model, self.data, self.cfg.generation,
                                    list(self.test))
         return {t: res["model"][t]["accuracy"] for t in self.test}
 
@@ -256,6 +260,11 @@ class TrainingRunner(Runner):
         return str(base_checkpoint(resolve_model_path(self.cfg.model, self.cfg.tiny)))
 
 
+def sequence_n_test(cfg: SequenceConfig) -> int:
+    n = cfg.sequential.n_test
+    return min(n, cfg.data.n_test) if n else cfg.data.n_test
+
+
 def run_sequence(cfg: SequenceConfig) -> dict[str, Any]:
     """`esgrpo sequence`: all methods through all stages, then the report section data."""
     out = Path(cfg.out)
@@ -265,6 +274,6 @@ def run_sequence(cfg: SequenceConfig) -> dict[str, Any]:
     s = cfg.sequential
     header = {"order": s.order, "methods": s.methods, "es_iterations": cfg.es.iterations,
               "es_long_factor": cfg.es_long_factor, "grpo_steps": cfg.grpo.steps, "grpo_max_rollouts":
-              cfg.grpo.max_rollouts, "keep_optimizer": s.keep_optimizer, "n_test": cfg.data.n_test,
+              cfg.grpo.max_rollouts, "keep_optimizer": s.keep_optimizer, "n_test": sequence_n_test(cfg),
               "model": cfg.model.name}
     return run_stages(runner, s.order, s.methods, runner.base_dir(), out, header)
