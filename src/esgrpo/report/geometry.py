@@ -33,6 +33,16 @@ def _plt():
     return plt
 
 
+def save_figure(doc: Document, fig: Any, path: Path, caption: str) -> None:
+    """Lay out, write (PNG, 110 dpi) and close a matplotlib figure, then add it to the report."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    doc.figure(path, caption)
+
+
 def add_geometry_sections(doc: Document, root: Path) -> None:
     """Append the geometry sections if the study has an analysis.json."""
     path = Path(root) / "analysis.json"
@@ -89,10 +99,8 @@ def norms_section(doc: Document, a: dict[str, Any], figs: Path) -> None:
         ax.set_title(t, fontsize=9)
     axes[0][0].set_ylabel("||delta|| per layer (log)")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(figs / "norms_per_layer.png", dpi=110)
-    plt.close(fig)
-    doc.figure(figs / "norms_per_layer.png", "Update norm per transformer layer (non-layer = embeddings and the "
+    save_figure(doc, fig, figs / "norms_per_layer.png",
+                "Update norm per transformer layer (non-layer = embeddings and the "
                "final norm), ES long vs GRPO, each trained on the task in the panel title; log scale.")
 
 
@@ -167,10 +175,7 @@ def kl_section(doc: Document, a: dict[str, Any], figs: Path) -> None:
     ax.set_ylabel("KL to base (nats / response)")
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(figs / "kl_drift.png", dpi=110)
-    plt.close(fig)
-    doc.figure(figs / "kl_drift.png", "KL drift from the base model: bars = on the trained task's prompts, "
+    save_figure(doc, fig, figs / "kl_drift.png", "KL drift from the base model: bars = on the trained task's prompts, "
                "black ticks = mean over the other tasks' prompts; one group per trained task.")
 
 
@@ -204,10 +209,8 @@ def interpolation_section(doc: Document, a: dict[str, Any], figs: Path) -> None:
         ax.set_xlabel("a")
     axes[0][0].set_ylabel("test accuracy (%)")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(figs / "interpolation.png", dpi=110)
-    plt.close(fig)
-    doc.figure(figs / "interpolation.png", "Accuracy on the trained task along the straight lines base->ES long, "
+    save_figure(doc, fig, figs / "interpolation.png",
+                "Accuracy on the trained task along the straight lines base->ES long, "
                "base->GRPO and ES long->GRPO (runs trained on the task in the panel title; first "
                f"{a.get('config', {}).get('n_examples', '?')} test examples).")
 

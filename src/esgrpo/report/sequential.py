@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from esgrpo.report.document import Document
-from esgrpo.report.geometry import COLORS, LABELS, _f, _pct, _plt
+from esgrpo.report.geometry import COLORS, LABELS, _f, _pct, _plt, save_figure
 
 PAPER_TABLE3 = "ES 87.28 / 122.76 / 149.99 / 173.00 vs GRPO 1.00 / 1.15 / 1.65 / 1.84 (Qwen3-4B; ratio 87-107x)"
 
@@ -93,10 +93,8 @@ def _figures(doc: Document, data: dict[str, Any], methods: list[str], order: lis
         ax.set_xlabel("after stage")
     axes[0][0].set_ylabel("test accuracy (%)")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(figs / "sequential_accuracy.png", dpi=110)
-    plt.close(fig)
-    doc.figure(figs / "sequential_accuracy.png", "Accuracy on each task (panel) after each stage of the sequence "
+    save_figure(doc, fig, figs / "sequential_accuracy.png",
+                "Accuracy on each task (panel) after each stage of the sequence "
                f"{' -> '.join(order)}; the dotted line marks the stage that trains that task.")
 
     import numpy as np
@@ -128,10 +126,8 @@ def _figures(doc: Document, data: dict[str, Any], methods: list[str], order: lis
     ax.set_xlabel("stage")
     ax.set_ylabel("||theta - theta_base|| (log)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(figs / "sequential_norms.png", dpi=110)
-    plt.close(fig)
-    doc.figure(figs / "sequential_norms.png", "Cumulative distance from the base model after each stage, per method.")
+    save_figure(doc, fig, figs / "sequential_norms.png",
+                "Cumulative distance from the base model after each stage, per method.")
 
 
 def write_sequence_report(out: Path, data: dict[str, Any] | None = None) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from esgrpo.report.document import Document
-from esgrpo.report.geometry import _f, _pct, _plt
+from esgrpo.report.geometry import _f, _pct, _plt, save_figure
 
 
 def add_theory_section(doc: Document, a: dict[str, Any], figs: Path, toy: dict[str, Any] | None = None) -> None:
@@ -85,10 +85,8 @@ def _walk_figures(doc: Document, walks: dict[str, Any], figs: Path) -> None:
     axes[1].axvline(1.0, color="black", lw=1)
     axes[1].set_xlabel("measured / predicted squared drift per weight matrix")
     axes[1].set_ylabel("matrices (all tasks)")
-    fig.tight_layout()
-    fig.savefig(figs / "theory_walk.png", dpi=110)
-    plt.close(fig)
-    doc.figure(figs / "theory_walk.png", "Left: squared ES drift per iteration for each task's ES-long run, replayed "
+    save_figure(doc, fig, figs / "theory_walk.png",
+                "Left: squared ES drift per iteration for each task's ES-long run, replayed "
                "from its update log (dotted: the random-walk prediction from the logged coefficients; black: the "
                "paper's alpha^2 d t / N). Right: measured over predicted squared drift for every weight matrix.")
 
