@@ -8,8 +8,10 @@ GRPO is trained on its own budget (`budget_mode: paper`) or on exactly the ES-sh
 resumed when the study is started again, so an interrupted study loses at most one checkpoint
 interval of work.
 
-Writes `out/results.md` (the paper's Table 1 layout with our numbers and budgets),
-`out/results.json`, `out/figures/accuracy.png` and `out/figures/learning_curves.png`.
+Then, unless disabled, the geometry analyses and theory checks (`analysis.json`, analysis/study.py)
+and the sequential study (`out/sequence/`, sequence.py). Writes `out/report.html` and its Markdown
+twin `out/report.md` (Table 1 layout, budgets, geometry, theory, sequential), `out/results.json` and
+the PNGs in `out/figures/`.
 """
 
 from __future__ import annotations
