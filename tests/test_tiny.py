@@ -26,12 +26,18 @@ def test_corpus_is_seeded_and_mixes_correct_wrong_and_slips():
     assert a == b
     assert {d["task"] for d in a} == set(TASK_NAMES)
     kinds = Counter(d["kind"] for d in a)
-    assert kinds["correct"] > kinds["slip"] > 0 and kinds["wrong"] > 0
-    # slips concentrate on the slip-prone prompts (a visible feature), by construction
-    prone = [d for d in a if slip_prone(d["messages"][-1]["content"])]
-    other = [d for d in a if not slip_prone(d["messages"][-1]["content"])]
+    assert min(kinds["correct"], kinds["wrong"], kinds["slip"]) > 0
+    # slips concentrate on the slip-prone prompts (a visible feature), by construction; tasks with a
+    # p_slip_other override (chemistry) slip at that rate on the other prompts
     rate = lambda docs: sum(d["kind"] == "slip" for d in docs) / len(docs)  # noqa: E731
-    assert rate(prone) > 0.6 > 0.2 > rate(other)
+    for task in TASK_NAMES:
+        docs = [d for d in a if d["task"] == task]
+        prone = [d for d in docs if slip_prone(d["messages"][-1]["content"])]
+        other = [d for d in docs if not slip_prone(d["messages"][-1]["content"])]
+        expected_other = SMALL.task_p_slip_other.get(task, SMALL.p_slip_other)
+        assert rate(prone) > 0.6, task
+        assert abs(rate(other) - expected_other) < 0.15, (task, rate(other), expected_other)
+    assert SMALL.task_p_slip_other["chemistry"] > 0.5 > SMALL.p_slip_other
 
 
 def test_tokenizer_splits_digits_and_round_trips():

@@ -40,7 +40,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 CORPUS_ROUND = 3000
-BUILD_VERSION = 5  # bump when the corpus or training recipe changes, to invalidate caches
+BUILD_VERSION = 6  # bump when the corpus or training recipe changes, to invalidate caches
 
 
 def slip_prone(question: str) -> bool:
@@ -72,7 +72,7 @@ def build_corpus(cfg: TinyModelConfig) -> list[dict]:
             n = min(CORPUS_ROUND, total - len(examples))
             examples += task.synthetic("pretrain", n, seed=cfg.seed + 17 + 1000 * r)
         for ex in examples:
-            p_slip = cfg.p_slip_prone if slip_prone(ex.question) else cfg.p_slip_other
+            p_slip = cfg.p_slip_prone if slip_prone(ex.question) else cfg.task_p_slip_other.get(name, cfg.p_slip_other)
             u = rng.random()
             kind = "slip" if u < p_slip else ("wrong" if u < p_slip + cfg.p_wrong * (1 - p_slip) else "correct")
             docs.append({"task": name, "messages": task.messages(ex), "uid": ex.uid,
