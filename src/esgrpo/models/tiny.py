@@ -8,6 +8,8 @@ Everything is built here, offline and seeded:
    surface feature, see `slip_prone`) and rare on the others, so the greedy base model answers some
    prompts in the wrong format: headroom that RL can only reach by learning something general
    (always use the required format), not by memorizing the 200 training prompts;
+   chemistry, whose choice letter this model picks at chance, slips on most prompts
+   (`task_p_slip_other`), since format is its only headroom;
 2. a byte-level BPE tokenizer (digits split individually) with a chat template;
 3. a Llama-architecture model trained from scratch on the responses (next-token loss on the
    assistant turn), cosine learning rate, AdamW.
