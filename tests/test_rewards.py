@@ -299,6 +299,28 @@ def test_mcq_no_choice(text):
         assert mcq_reward(text, gold) == 0.0
 
 
+@pytest.mark.parametrize(("text", "letter"), [("answer: b", "B"), ("Answer: (c).", "C"), ("answer: **d**", "D"),
+                                             ("answer: B, or rather answer: c", "C")])
+def test_mcq_lowercase_letter_that_ends_the_answer_counts(text, letter):
+    """`answer: b` with gold B scored 0: a lone lowercase letter that ends the response is the choice."""
+    assert extract_choice(text) == letter
+    assert mcq_reward(text, letter) == 1.0
+
+
+def test_mcq_lowercase_word_after_the_key_is_not_a_choice():
+    assert extract_choice("answer: a mixture") is None
+    assert extract_choice("answer: b is wrong, I think") is None
+
+
+def test_answers_followed_by_long_whitespace_still_score():
+    """An answer followed by 100k spaces fell out of the 8,192-character tail window and scored 0."""
+    pad = " " * 100_000 + "\n" * 10
+    assert math_reward(r"\boxed{5}" + pad, "5") == 1.0
+    assert boolq_reward(r"\boxed{yes}" + pad, True) == 1.0
+    assert mcq_reward('"answer": "B"' + pad, "B") == 1.0
+    assert countdown_reward(r"\boxed{1+2}" + pad, [1, 2], 3) == 1.0
+
+
 def test_mcq_gold_letter_validation():
     assert mcq_reward('"answer": "C"', "c") == 1.0
     assert mcq_reward('"answer": "C"', " C ") == 1.0
@@ -333,6 +355,20 @@ def test_boolq_correct(text, gold):
 )
 def test_boolq_wrong(text):
     assert boolq_reward(text, True) == 0.0
+
+
+def test_boolq_gold_coerced_like_the_other_rewards():
+    """A numpy bool or an integer 0/1 gold scored 0; other integers stay unscorable."""
+    import numpy as np
+    import torch
+
+    assert boolq_reward(r"\boxed{yes}", np.bool_(True)) == 1.0
+    assert boolq_reward(r"\boxed{no}", np.bool_(False)) == 1.0
+    assert boolq_reward(r"\boxed{yes}", 1) == 1.0
+    assert boolq_reward(r"\boxed{no}", 0) == 1.0
+    assert boolq_reward(r"\boxed{no}", np.int64(0)) == 1.0
+    assert boolq_reward(r"\boxed{yes}", torch.tensor(True)) == 1.0
+    assert boolq_reward(r"\boxed{yes}", 2) == 0.0 and boolq_reward(r"\boxed{no}", 2) == 0.0
 
 
 def test_boolq_gold_as_text():

@@ -24,17 +24,27 @@ def parse_yes_no(s: str | None) -> bool | None:
     return None
 
 
-def _gold_bool(answer: object) -> bool | None:
+def gold_bool(answer: object) -> bool | None:
+    """The gold label as a bool: bools (numpy's too), the integers 0/1, or yes/no/true/false text;
+    None for anything else (then no response can score)."""
+    if hasattr(answer, "item") and callable(answer.item):  # numpy / torch scalars
+        try:
+            answer = answer.item()
+        except (TypeError, ValueError):
+            return None
     if isinstance(answer, bool):
         return answer
+    if isinstance(answer, int):
+        return bool(answer) if answer in (0, 1) else None
     if isinstance(answer, str):
-        return parse_yes_no(answer)
+        word = answer.strip().lower()
+        return True if word == "1" else False if word == "0" else parse_yes_no(word)
     return None
 
 
 @safe_reward
 def boolq_reward(text: str, answer: bool) -> float:
     """1.0 iff the last boxed yes/no in `text` equals the gold `answer`."""
-    gold = _gold_bool(answer)
+    gold = gold_bool(answer)
     pred = parse_yes_no(last_boxed(text))
     return 1.0 if gold is not None and pred is not None and pred == gold else 0.0

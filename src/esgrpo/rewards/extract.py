@@ -22,7 +22,11 @@ _TEXT_WRAPPERS = ("\\text", "\\textbf", "\\textrm", "\\mathrm", "\\mathbf", "\\m
 
 
 def tail(text: str, n: int = TAIL_CHARS) -> str:
-    """The last `n` characters of `text` (the only part the rewards inspect)."""
+    """The last `n` characters of `text` without trailing whitespace (the only part the rewards inspect).
+
+    Whitespace is stripped first, so an answer followed by a long run of spaces or newlines (a
+    model that pads until max_new_tokens) is still inside the window."""
+    text = text.rstrip()
     return text[-n:] if len(text) > n else text
 
 

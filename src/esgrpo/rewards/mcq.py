@@ -2,8 +2,9 @@
 
 Extraction order, as in the paper: the last JSON-like `"answer": "C"` field; else the last
 `answer: C` (case-insensitive key, optional markdown bold or parentheses); else the last
-standalone capital A-D. A lowercase letter counts only inside the quoted JSON form, where it is
-unambiguous (`answer: a mixture` must not read as A).
+standalone capital A-D. A lowercase letter counts inside the quoted JSON form, where it is
+unambiguous, and after `answer:` when nothing but closing punctuation follows it (`answer: b`,
+`answer: (c).`), but not when words follow (`answer: a mixture` must not read as A).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ LETTERS = "ABCD"
 _JSON_RE = re.compile(r"\"answer\"\s*:\s*\"\s*([A-Da-d])\s*\"", re.IGNORECASE)
 # Each `\s*` is separated from the next by a mandatory literal, so matching stays linear.
 _KEY_RE = re.compile(r"(?i:answer)\**\s*[:\uff1a]\s*(?:\*+\s*)?\(?([A-D])(?![A-Za-z0-9])")
+# A lowercase letter after the key only when it ends the response (closing punctuation aside).
+_KEY_LOWER_END_RE = re.compile(r"(?i:answer)\**\s*[:\uff1a]\s*(?:\*+\s*)?\(?([a-d])[)\].*\"'`]*$")
 _STANDALONE_RE = re.compile(r"(?<![A-Za-z0-9])([A-D])(?![A-Za-z0-9])")
 
 
@@ -32,11 +35,14 @@ def extract_choice(text: str) -> str | None:
     if not isinstance(text, str):
         return None
     s = tail(text)
-    for pattern in (_JSON_RE, _KEY_RE, _STANDALONE_RE):
-        letter = _last(pattern, s)
-        if letter is not None:
-            return letter.upper()
-    return None
+    letter = _last(_JSON_RE, s)
+    if letter is None:
+        # A lowercase key answer at the very end is necessarily the last key answer.
+        lower = _KEY_LOWER_END_RE.search(s[-64:])
+        letter = lower.group(1) if lower else _last(_KEY_RE, s)
+    if letter is None:
+        letter = _last(_STANDALONE_RE, s)
+    return letter.upper() if letter is not None else None
 
 
 @safe_reward
