@@ -21,6 +21,7 @@ from esgrpo.analysis.weights import (
     update_norms,
     update_rank,
 )
+from esgrpo.checkpoints import CheckpointError
 
 Q = "model.layers.0.self_attn.q_proj.weight"
 LN0 = "model.layers.0.input_layernorm.weight"
@@ -134,13 +135,13 @@ def test_sharded_checkpoint_reads_every_file(tmp_path):
 def test_name_stored_twice_across_shards_raises(tmp_path):
     ckpt = save(tmp_path / "c", {Q: torch.ones(4, 4)}, "a.safetensors")
     save(ckpt, {Q: torch.ones(4, 4)}, "b.safetensors")
-    with pytest.raises(ValueError, match="stored twice"):
+    with pytest.raises(CheckpointError, match="stored twice"):
         list(iter_tensors(ckpt))
 
 
 def test_empty_directory_raises(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+    with pytest.raises(CheckpointError, match="no \\*.safetensors"):
         list(iter_tensors(tmp_path / "empty"))
 
 
@@ -149,7 +150,7 @@ def test_missing_name_raises_naming_tensor_and_both_paths(tmp_path):
     fewer = {k: v for k, v in base_tensors().items() if k != NORM}
     other = save(tmp_path / "other", fewer)
     for args in ((base, other), (other, base)):
-        with pytest.raises(ValueError) as err:
+        with pytest.raises(CheckpointError) as err:
             update_norms(*args)
         message = str(err.value)
         assert NORM in message and str(base) in message and str(other) in message
@@ -158,7 +159,7 @@ def test_missing_name_raises_naming_tensor_and_both_paths(tmp_path):
 def test_shape_mismatch_raises_naming_tensor_and_both_paths(tmp_path):
     base = save(tmp_path / "base", base_tensors())
     other = save(tmp_path / "other", {**base_tensors(), UP: torch.zeros(4, 8)})
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(CheckpointError) as err:
         cosine(base, base, other)
     message = str(err.value)
     assert UP in message and str(base) in message and str(other) in message and "[8, 4]" in message

@@ -62,8 +62,7 @@ def test_cli_reports_config_errors_without_traceback(capsys, tmp_path):
 def test_every_config_field_has_help():
     import dataclasses
 
-    from esgrpo.config import BuildConfig, field_help
-    from esgrpo.study import StudyConfig
+    from esgrpo.config import BuildConfig, StudyConfig, field_help
 
     for cls in (EvalConfig, BuildConfig, StudyConfig):
         for key, h in field_help(cls).items():

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import StubTask, make_micro_policy
+from esgrpo.checkpoints import same_weights, step_name
 from esgrpo.errors import ConfigError
 from esgrpo.runs import RunDir
 from esgrpo.tasks.base import Example
-from esgrpo.train.checkpoint import step_name
 from esgrpo.train.es import (
     ESConfig,
     apply_update,
@@ -22,7 +22,6 @@ from esgrpo.train.es import (
     draw_members,
     replay,
     replay_run,
-    same_weights,
     train_es,
     zscore,
 )
@@ -184,10 +183,10 @@ def test_members_and_batches_are_deterministic_per_iteration():
 
 
 def test_common_random_numbers_within_an_iteration(tmp_path):
-    """All members of an iteration decode the same prompts with the same sampling seeds: with sigma = 0
-    every member produces the same responses, hence the same fitness."""
+    """All members of an iteration decode the same prompts with the same sampling seeds: with zero-size
+    perturbations (an evaluator with sigma 0) every member produces the same responses, hence the same fitness."""
     policy = make_micro_policy()
-    cfg = small_cfg(sigma=0.0, iterations=2)
+    cfg = small_cfg(iterations=2)
     seen: list[tuple[int, list, list, list]] = []
     scorer = TaskScorer(FakeTask(), cfg.max_new_tokens, temperature=1.0, top_p=0.95)
 
@@ -198,7 +197,7 @@ def test_common_random_numbers_within_an_iteration(tmp_path):
         return scorer(pol, batch)
 
     run = RunDir(tmp_path / "run")
-    train_es(policy, FakeTask(), EXAMPLES, cfg, run, evaluator=SequentialEvaluator(policy, spy, cfg.sigma))
+    train_es(policy, FakeTask(), EXAMPLES, cfg, run, evaluator=SequentialEvaluator(policy, spy, 0.0))
     assert len(seen) == 2 * cfg.population
     for it in (1, 2):
         rows = [s for s in seen if s[0] == it]

@@ -214,7 +214,7 @@ def test_budget_counters_and_stop_on_rollouts(tmp_path):
     rows = run.metrics()
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert res["rollouts"] == 3 * 2 * 4 == rows[-1]["rollouts"]
-    assert res["tokens"] == rows[-1]["tokens"] > 0 and res["seconds"] > 0 and res["peak_memory_mb"] > 0
+    assert res["tokens"] == rows[-1]["tokens"] > 0 and res["seconds"] > 0 and res["peak_memory_bytes"] > 0
     assert sum(r["reward_errors"] for r in rows) == 24 // 5  # every 5th reward call raised
     assert rows[0]["lr"] == pytest.approx(1e-4) and rows[2]["lr"] == pytest.approx(1e-4 / 3)  # linear decay
     for key in ("reward_mean", "reward_std", "loss", "clip_frac", "kl", "t_generate", "t_reward",

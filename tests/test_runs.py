@@ -11,13 +11,15 @@ from esgrpo.runs import RunDir, read_jsonl
 
 
 def test_run_dir_records(tmp_path):
-    run = RunDir(tmp_path / "r", EvalConfig(), command="eval")
-    run.log({"step": 1, "loss": 0.5})
-    run.log({"step": 2, "loss": float("nan")})
-    run.write_results({"accuracy": 0.25})
+    with RunDir(tmp_path / "r", EvalConfig(), command="eval") as run:
+        run.log({"step": 1, "loss": 0.5})
+        run.log({"step": 2, "loss": float("nan")})
+        run.log({"step": 3, "loss": float("inf")})
+        run.write_results({"accuracy": 0.25})
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["model"]["name"] == "tiny"
-    assert [r["step"] for r in run.metrics()] == [1, 2]
-    assert run.metrics()[1]["loss"] is None  # NaN is stored as null, the file stays valid JSON
+    assert [r["step"] for r in run.metrics()] == [1, 2, 3]
+    # NaN and inf are stored as null (never as a stand-in such as 1e308): the file stays valid JSON
+    assert run.metrics()[1]["loss"] is None and run.metrics()[2]["loss"] is None
     assert json.loads((tmp_path / "r" / "results.json").read_text()) == {"accuracy": 0.25}
     assert json.loads((tmp_path / "r" / "meta.json").read_text())["command"] == "eval"
     assert not list((tmp_path / "r").glob("*.tmp"))
@@ -37,9 +39,11 @@ def test_reopening_a_run_with_another_config_or_inputs_is_refused(tmp_path):
     from esgrpo.errors import EsgrpoError
 
     cfg = EvalConfig()
-    run = RunDir(tmp_path / "r", cfg, inputs={"model": "tiny-aaa", "data": "d1"})
+    with RunDir(tmp_path / "r", cfg, inputs={"model": "tiny-aaa", "data": "d1"}):
+        pass
     RunDir(tmp_path / "r", cfg, inputs={"model": "tiny-aaa", "data": "d1"})  # nothing done yet: fine
-    run.write_results({"accuracy": 0.5})
+    with RunDir(tmp_path / "r", cfg, inputs={"model": "tiny-aaa", "data": "d1"}) as run:
+        run.write_results({"accuracy": 0.5})
     RunDir(tmp_path / "r", cfg, inputs={"model": "tiny-aaa", "data": "d1"})  # same: reusable
     other = dataclasses.replace(cfg, split="train")
     with pytest.raises(EsgrpoError, match="another config.*split"):

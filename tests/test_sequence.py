@@ -105,5 +105,5 @@ def test_other_settings_in_the_same_directory_are_refused(tmp_path):
     from esgrpo.errors import EsgrpoError
 
     run_stages(FakeRunner(), ORDER, ["grpo"], "base", tmp_path, HEADER, log=lambda m: None)
-    with pytest.raises(EsgrpoError, match="other settings"):
+    with pytest.raises(EsgrpoError, match="other sequence settings"):
         run_stages(FakeRunner(), ORDER[::-1], ["grpo"], "base", tmp_path, {"order": ORDER[::-1]}, log=lambda m: None)

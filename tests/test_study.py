@@ -7,11 +7,17 @@ import json
 
 import pytest
 
-from esgrpo.analysis.study import AnalysisConfig
-from esgrpo.config import DataConfig, GenerationConfig, ModelConfig, TinyModelConfig
-from esgrpo.study import StudyConfig, run_study
-from esgrpo.train.es import ESConfig
-from esgrpo.train.grpo import GRPOConfig
+from esgrpo.config import (
+    AnalysisConfig,
+    DataConfig,
+    ESConfig,
+    GenerationConfig,
+    GRPOConfig,
+    ModelConfig,
+    StudyConfig,
+    TinyModelConfig,
+)
+from esgrpo.study import run_study
 
 SMALL_TINY = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, steps=40,
                              corpus_per_task=300, batch_size=16, warmup=5)
@@ -72,7 +78,7 @@ def test_study_end_to_end_and_rerun_reuses_runs(tmp_path, cache_dir, capsys):
         assert b["es_long"]["tokens"] > b["es_short"]["tokens"] > 0
     # the sequence: stage 1 of every method is its single-task run on the first task, stage 2 trains on
     seq = json.loads((root / "sequence" / "sequence.json").read_text())
-    assert seq["header"]["order"] == ["math", "boolq"]
+    assert seq["settings"]["order"] == ["math", "boolq"]
     for m in ("es_short", "es_long", "grpo"):
         st = seq["methods"][m]["stages"]
         assert [x["task"] for x in st] == ["math", "boolq"]

@@ -215,13 +215,18 @@ def test_demonstration_rejects_unknown_kind():
         task.demonstration(ex, random.Random(0), "funny")
 
 
-def test_reward_survives_malformed_targets():
+def test_a_failing_reward_scores_zero_and_is_counted():
+    """The one reward-failure policy (score_responses): a reward that raises, or returns a non-number,
+    scores 0 and is counted; a good response next to it is scored normally."""
+    from esgrpo.tasks import score_responses
+
     for name in TASK_NAMES:
         task = get_task(name)
         ex = task.synthetic("train", 1, 0)[0]
         broken = type(ex)(uid=ex.uid, question=ex.question, target={})
-        assert task.reward(task.demonstration(ex, random.Random(0), "correct"), broken) == 0.0
-        assert task.reward(None, ex) == 0.0
+        good = task.demonstration(ex, random.Random(0), "correct")
+        scores = score_responses(task, [good, good], [broken, ex])
+        assert scores.rewards == [0.0, 1.0] and scores.errors == 1, name
 
 
 # --- hub loaders on local fixtures -----------------------------------------------------------

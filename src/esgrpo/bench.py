@@ -2,7 +2,7 @@
 
 Runs a few iterations/steps of the configured trainer in a scratch run directory and prints the
 mean seconds per phase (from the trainer's own per-phase timers in metrics.jsonl), their share of
-the iteration, throughput, and the peak memory training added on top of the loaded model.
+the iteration, throughput, and the trainer's peak memory (the definitions of memory.py).
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from esgrpo.memory import PeakMemory
+from esgrpo.config import TrainConfig
 from esgrpo.models import load_policy
 from esgrpo.runs import RunDir
 from esgrpo.tasks import get_task, load_examples
 from esgrpo.train.es import train_es
 from esgrpo.train.grpo import train_grpo
-from esgrpo.train.launch import TrainConfig
 
 PHASES = {"es": ("perturb", "generate", "reward", "restore", "update"),
           "grpo": ("generate", "reward", "backward", "ref", "step")}  # backward includes the scoring forward
@@ -33,13 +32,12 @@ def bench(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int = 3) 
     policy = load_policy(cfg.model, cfg.tiny)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(Path(tmp) / "bench")
-        with PeakMemory(policy.device) as mem:
-            if method == "es":
-                train_es(policy, task, train, dataclasses.replace(cfg.es, iterations=iterations, checkpoint_every=0,
-                                                                 save_base=False, max_rollouts=0), run)
-            else:
-                train_grpo(policy, task, train, dataclasses.replace(cfg.grpo, steps=iterations, checkpoint_every=0,
-                                                                   max_rollouts=0), run)
+        if method == "es":
+            res = train_es(policy, task, train, dataclasses.replace(cfg.es, iterations=iterations, checkpoint_every=0,
+                                                                    save_base=False, max_rollouts=0), run)
+        else:
+            res = train_grpo(policy, task, train, dataclasses.replace(cfg.grpo, steps=iterations, checkpoint_every=0,
+                                                                      max_rollouts=0), run)
         rows = run.metrics()
     per = [r.get("iteration_seconds", r.get("step_seconds", 0.0)) for r in rows]
     total = statistics.mean(per) if per else float("nan")
@@ -54,6 +52,9 @@ def bench(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int = 3) 
     roll = statistics.mean(b["rollouts"] - a["rollouts"] for a, b in zip([{"rollouts": 0}] + rows, rows, strict=False))
     toks = statistics.mean(b["tokens"] - a["tokens"] for a, b in zip([{"tokens": 0}] + rows, rows, strict=False))
     lines.append(f"  throughput: {roll / total:.1f} rollouts/s, {toks / total:.0f} generated tokens/s")
-    lines.append(f"  peak memory added by training: {mem.peak_bytes / 2**20:.1f} MiB ({mem.kind}); model weights "
-                 f"{sum(p.numel() * p.element_size() for _, p in policy.named_parameters()) / 2**20:.1f} MiB")
+    mib = 2 ** 20
+    lines.append(f"  peak memory ({res['memory_kind']}): {res['peak_memory_bytes'] / mib:.1f} MiB in the process, "
+                 f"{res['peak_memory_added_bytes'] / mib:.1f} MiB added by training; model weights "
+                 f"{res['model_bytes'] / mib:.1f} MiB; measurement (KL reference copy) "
+                 f"{res['measure_memory_bytes'] / mib:.1f} MiB, {res['measure_seconds']:.2f} s")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from esgrpo.models.policy import Policy
 from esgrpo.progress import Progress
 from esgrpo.runs import RunDir
 from esgrpo.tasks import get_task
-from esgrpo.tasks.base import Example
+from esgrpo.tasks.base import Example, score_responses
 
 
 def evaluate_task(policy: Policy, task_name: str, examples: list[Example], gen: GenerationConfig,
@@ -20,7 +20,7 @@ def evaluate_task(policy: Policy, task_name: str, examples: list[Example], gen: 
     prompts = policy.encode([task.messages(ex) for ex in examples])
     rewards: list[float] = []
     lengths: list[int] = []
-    truncated = 0
+    truncated = errors = 0
     samples = []
     prog = Progress(label or f"eval {task_name}", len(examples))
     t0 = time.time()
@@ -29,8 +29,10 @@ def evaluate_task(policy: Policy, task_name: str, examples: list[Example], gen: 
         seeds = [seed + s + i for i in range(len(batch))] if gen.temperature > 0 else None
         out = policy.generate(prompts[s:s + gen.batch_size], max_new_tokens=gen.max_new_tokens,
                               temperature=gen.temperature, top_p=gen.top_p, seeds=seeds)
-        for ex, text, ids, fin in zip(batch, out.texts, out.response_ids, out.finished, strict=True):
-            r = task.reward(text, ex)
+        scores = score_responses(task, out.texts, batch)
+        errors += scores.errors
+        for ex, text, ids, fin, r in zip(batch, out.texts, out.response_ids, out.finished, scores.rewards,
+                                         strict=True):
             rewards.append(r)
             lengths.append(len(ids))
             truncated += not fin
@@ -44,6 +46,7 @@ def evaluate_task(policy: Policy, task_name: str, examples: list[Example], gen: 
         "n": n,
         "mean_response_tokens": sum(lengths) / n if n else 0.0,
         "truncated_fraction": truncated / n if n else 0.0,
+        "reward_errors": errors,
         "seconds": time.time() - t0,
         "samples": samples,
     }

@@ -10,8 +10,10 @@ the same noise directions / prompt orders. GRPO starts every stage with a fresh 
 After the base and after every stage: greedy test accuracy on every task, the held-out corpus NLL
 (tiny model), ||theta_stage - theta_base||, and the incremental KL(pi_stage || pi_previous) on every
 task's prompts. Everything lands in `<out>/sequence.json` as soon as it is measured; a rerun skips
-every finished measurement and stage. With `reuse` (a study directory), stage 1 of each method is the
-study's single-task run on the first task (ES short = ES long's checkpoint at the short budget).
+every finished measurement and stage. The output directory is a run directory: reopening it with other
+settings is refused with the changed keys named. With `reuse` (a study directory), stage 1 of each
+method is the study's single-task run on the first task (ES short = ES long's checkpoint at the short
+budget), after checking that the study's model, data and trainer settings equal the sequence's.
 
 Metrics (R[s][j] = accuracy on task j after stage s, S stages, task j trained at stage j):
     average accuracy = mean_j R[S][j]
@@ -22,55 +24,17 @@ Metrics (R[s][j] = accuracy on task j after stage s, S stages, task j trained at
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from esgrpo.config import NON_NEGATIVE, POSITIVE, F, dump_yaml, sub
+from esgrpo.config import SequenceConfig, StudyConfig, TrainConfig, identity, identity_changes
 from esgrpo.errors import EsgrpoError
-from esgrpo.runs import write_json, write_text
-from esgrpo.tasks import TASK_NAMES
-from esgrpo.train.launch import SetupConfig
+from esgrpo.runs import JsonRecord, RunDir
 
-METHODS = ("es_short", "es_long", "grpo")
 STAGE_SEED_STRIDE = 1000
-
-
-@dataclass
-class SequentialSettings:
-    """The sequential (continual-learning) part: task order, methods, per-stage measurements."""
-
-    enabled: bool = F(True, "Run the sequential study after the single-task one (esgrpo study).")
-    order: list[str] = F(list(TASK_NAMES), "Task order, one stage per task (the paper: countdown, math, "
-                         "chemistry, boolq).",
-                         (lambda v: len(v) > 0 and all(t in TASK_NAMES for t in v) and len(set(v)) == len(v),
-                          "a non-empty list without repeats of " + ", ".join(TASK_NAMES)))
-    methods: list[str] = F(list(METHODS), "Methods to run in sequence, from: " + ", ".join(METHODS) + ".",
-                           (lambda v: len(v) > 0 and all(m in METHODS for m in v), "names among " + ", ".join(METHODS)))
-    n_test: int = F(300, "Test examples per task for the stage x task matrices: the first n of the test split "
-                    "(at most data.n_test; 0 = data.n_test). 300 keeps the default sequence near 20 min (22 measured).",
-                    NON_NEGATIVE)
-    keep_optimizer: bool = F(False, "GRPO: carry AdamW moments from stage to stage (default: fresh per stage).")
-    kl_prompts: int = F(32, "Test prompts per task for the incremental KL after each stage.", POSITIVE)
-    kl_samples: int = F(1, "Sampled responses per prompt for the incremental KL.", POSITIVE)
-    kl_max_new_tokens: int = F(32, "Maximum tokens of the responses sampled for KL.", POSITIVE)
-    heldout_docs: int = F(400, "Held-out pretraining documents for the capability NLL (tiny; 0 = skip).",
-                          NON_NEGATIVE)
-
-
-@dataclass
-class SequenceConfig(SetupConfig):
-    """`esgrpo sequence`: train the tasks one after another with each method; stage x task matrices."""
-
-    sequential: SequentialSettings = sub(SequentialSettings)
-    es_long_factor: int = F(3, "ES long runs this many times es.iterations per stage.", POSITIVE)
-    reuse: str = F("", "A study directory whose single-task runs on the first task serve as stage 1 "
-                   "(its config must match this one's model, data and trainer sections).")
-    out: str = F("runs/sequence", "Output directory (sequence.json, runs/).")
 
 
 # --- metrics (pure functions of the accuracy matrix) --------------------------------------------
@@ -117,37 +81,20 @@ class Runner:
         raise NotImplementedError
 
 
-class _Record:
-    """sequence.json: loaded on start, rewritten after every measurement."""
-
-    def __init__(self, path: Path, header: dict[str, Any]) -> None:
-        self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-        if self.data and self.data.get("header") != header:
-            raise EsgrpoError(f"{path} holds a sequence with other settings (order, methods or budgets); "
-                              "use another output directory or delete it")
-        self.data.setdefault("header", header)
-        self.data.setdefault("methods", {})
-
-    def stages(self, method: str) -> list[dict[str, Any]]:
-        return self.data["methods"].setdefault(method, {"stages": []})["stages"]
-
-    def save(self) -> None:
-        write_json(self.path, self.data)
-
-
 def run_stages(runner: Runner, order: list[str], methods: list[str], base: str, out: Path,
-               header: dict[str, Any], log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The sequence for every method, resumable; returns the record with matrices and metrics."""
+               header: dict[str, Any] | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The sequence for every method, resumable; returns the record with matrices and metrics.
+
+    header: the settings the record belongs to (JsonRecord refuses a record made with others)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     out.mkdir(parents=True, exist_ok=True)
-    rec = _Record(out / "sequence.json", header)
+    rec = JsonRecord(out / "sequence.json", header, what="sequence settings")
     if "base" not in rec.data:
         rec.data["base"] = {"checkpoint": base, "accuracy": runner.accuracy(base), **runner.extras(base, base)}
         rec.save()
     t0 = time.time()
     for method in methods:
-        stages = rec.stages(method)
+        stages = rec.data.setdefault("methods", {}).setdefault(method, {"stages": []})["stages"]
         prev = base
         for s, task in enumerate(order, start=1):
             if len(stages) >= s and "kl" in stages[s - 1]:  # finished stage: never recomputed
@@ -177,19 +124,13 @@ class TrainingRunner(Runner):
     """Stages as training runs (runs/<method>/stage-<s>-<task>/), measured on the test split."""
 
     def __init__(self, cfg: SequenceConfig, out: Path) -> None:
-        from esgrpo.models import load_policy
-        from esgrpo.study import load_task_examples
+        from esgrpo.tasks import load_task_examples
 
         self.cfg, self.out = cfg, out
         self.data = dataclasses.replace(cfg.data, n_test=sequence_n_test(cfg))
-        self.test = load_task_examples(dataclasses.replace(self.data, tasks=cfg.sequential.order), "test",
-                                       self.data.n_test)
-        self.base_policy = None
-        self._load_policy = load_policy
+        self.test = load_task_examples(self.data, "test", self.data.n_test, tasks=cfg.sequential.order)
 
-    def _stage_cfg(self, method: str, stage: int, task: str, init: str):
-        from esgrpo.train.launch import TrainConfig
-
+    def _stage_cfg(self, method: str, stage: int, task: str, init: str) -> TrainConfig:
         c = self.cfg
         es = dataclasses.replace(c.es, seed=c.es.seed + STAGE_SEED_STRIDE * (stage - 1),
                                  iterations=c.es.iterations * (c.es_long_factor if method == "es_long" else 1))
@@ -209,7 +150,7 @@ class TrainingRunner(Runner):
         return str(path) if (path / "config.json").exists() else None
 
     def train(self, method: str, stage: int, task: str, init: str) -> str:
-        from esgrpo.train.launch import run_training
+        from esgrpo.run import run_training
 
         if stage == 1 and (found := self._reused(method, task)):
             print(f"[sequence] stage 1 of {method} = the single-task run {found}", file=sys.stderr)
@@ -223,19 +164,18 @@ class TrainingRunner(Runner):
         return str(run_dir / "checkpoints" / "final")
 
     def accuracy(self, ckpt: str) -> dict[str, float]:
-        from esgrpo.runs import RunDir
-        from esgrpo.train.launch import evaluate_checkpoints
+        from esgrpo.run import evaluate_checkpoints
 
         run = RunDir(self.out / "evals" / Path(ckpt).as_posix().strip("/").replace("/", "__")[-120:])
-        res = evaluate_checkpoints(run, {"model": Path(ckpt)}, self.cfg.model, self.data, self.cfg.generation,
-                                   list(self.test))
+        run.path.mkdir(parents=True, exist_ok=True)
+        res = evaluate_checkpoints(run, {"model": Path(ckpt)}, self.cfg.model, self.cfg.generation, self.test)
         return {t: res["model"][t]["accuracy"] for t in self.test}
 
     def extras(self, ckpt: str, prev: str) -> dict[str, Any]:
         from esgrpo.analysis.capability import heldout_nll, heldout_path
         from esgrpo.analysis.kl import kl_drift
         from esgrpo.analysis.weights import update_norms
-        from esgrpo.train.launch import checkpoint_policy
+        from esgrpo.checkpoints import checkpoint_policy
 
         s = self.cfg.sequential
         base = self.base_dir()
@@ -254,7 +194,7 @@ class TrainingRunner(Runner):
         return out
 
     def base_dir(self) -> str:
-        from esgrpo.analysis.study import base_checkpoint
+        from esgrpo.checkpoints import base_checkpoint
         from esgrpo.models import resolve_model_path
 
         return str(base_checkpoint(resolve_model_path(self.cfg.model, self.cfg.tiny)))
@@ -265,15 +205,46 @@ def sequence_n_test(cfg: SequenceConfig) -> int:
     return min(n, cfg.data.n_test) if n else cfg.data.n_test
 
 
-def run_sequence(cfg: SequenceConfig) -> dict[str, Any]:
-    """`esgrpo sequence`: all methods through all stages, then the report section data."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", dump_yaml(cfg))
-    runner = TrainingRunner(cfg, out)
+# The settings that decide the weights of stage 1 (and so whether a study's run can be reused as it).
+_STAGE1_SECTIONS = ("model.", "tiny.", "data.", "es.", "grpo.", "es_long_factor")
+_STAGE1_IGNORED = ("data.n_test", "data.tasks")
+
+
+def _stage1_identity(cfg: Any) -> dict[str, Any]:
+    return {k: v for k, v in identity(cfg).items() if k.startswith(_STAGE1_SECTIONS) and k not in _STAGE1_IGNORED}
+
+
+def check_reuse(cfg: SequenceConfig) -> None:
+    """`reuse` names a study whose model, data and trainer settings equal this sequence's."""
+    if not cfg.reuse:
+        return
+    study = RunDir(cfg.reuse).saved_config(StudyConfig)
+    changed = identity_changes(_stage1_identity(study), _stage1_identity(cfg))
+    if changed:
+        raise EsgrpoError(f"reuse: the study {cfg.reuse} was made with other settings (changed: "
+                          f"{'; '.join(changed[:8])}); its runs cannot serve as stage 1 of this sequence")
+
+
+def settings_summary(cfg: SequenceConfig) -> dict[str, Any]:
+    """What the report says about the sequence's settings."""
     s = cfg.sequential
-    header = {"order": s.order, "methods": s.methods, "es_iterations": cfg.es.iterations,
-              "es_long_factor": cfg.es_long_factor, "grpo_steps": cfg.grpo.steps, "grpo_max_rollouts":
-              cfg.grpo.max_rollouts, "keep_optimizer": s.keep_optimizer, "n_test": sequence_n_test(cfg),
-              "model": cfg.model.name}
-    return run_stages(runner, s.order, s.methods, runner.base_dir(), out, header)
+    return {"order": s.order, "methods": s.methods, "es_iterations": cfg.es.iterations,
+            "es_long_factor": cfg.es_long_factor, "grpo_steps": cfg.grpo.steps,
+            "grpo_max_rollouts": cfg.grpo.max_rollouts, "keep_optimizer": s.keep_optimizer,
+            "n_test": sequence_n_test(cfg), "model": cfg.model.name}
+
+
+def run_sequence(cfg: SequenceConfig) -> dict[str, Any]:
+    """`esgrpo sequence`: all methods through all stages, into `cfg.out` (a run directory: other settings
+    in it are refused, naming the changed keys)."""
+    from esgrpo.models import model_identity
+
+    check_reuse(cfg)
+    runner = TrainingRunner(cfg, Path(cfg.out))
+    base = runner.base_dir()
+    with RunDir(cfg.out, cfg, command="sequence", inputs={"model": model_identity(cfg.model, cfg.tiny)}) as run:
+        rec = JsonRecord(run.path / "sequence.json")
+        if rec.data.get("settings") != settings_summary(cfg):
+            rec.put(settings_summary(cfg), "settings")
+        s = cfg.sequential
+        return run_stages(runner, s.order, s.methods, base, run.path)

@@ -8,10 +8,16 @@ GRPO is trained on its own budget (`budget_mode: paper`) or on exactly the ES-sh
 resumed when the study is started again, so an interrupted study loses at most one checkpoint
 interval of work.
 
-Then, unless disabled, the geometry analyses and theory checks (`analysis.json`, analysis/study.py)
-and the sequential study (`out/sequence/`, sequence.py). Writes `out/report.html` and its Markdown
-twin `out/report.md` (Table 1 layout, budgets, geometry, theory, sequential), `out/results.json` and
-the PNGs in `out/figures/`.
+`run_study`, step by step:
+    1. check everything that can be checked (the study directory's identity, the data) before
+       anything is written;
+    2. the base model's greedy test accuracy;
+    3. per task: ES (short and long) and GRPO, each trained and evaluated (`train_task`);
+    4. further models' base accuracy (`extra_models`);
+    5. the geometry analyses and theory checks (`analysis.json`, analysis/study.py);
+    6. the sequential study (`out/sequence/`, sequence.py);
+    7. the report: `out/report.html`, its Markdown twin `out/report.md`, `out/results.json`, figures.
+`esgrpo study --only TASK:METHOD` runs single cells of Table 1 (steps 1 and 2-3 for those cells).
 """
 
 from __future__ import annotations
@@ -19,120 +25,25 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from esgrpo.analysis.study import AnalysisConfig
-from esgrpo.config import (
-    NON_NEGATIVE,
-    POSITIVE,
-    DataConfig,
-    EvalConfig,
-    F,
-    TinyModelConfig,
-    dump_yaml,
-    sub,
-)
-from esgrpo.evaluate import evaluate
-from esgrpo.models import load_policy, model_identity, resolve_model_path
-from esgrpo.runs import RunDir, default_run_path, read_jsonl, write_text
-from esgrpo.sequence import SequentialSettings
-from esgrpo.tasks import examples_hash, load_examples
-from esgrpo.tasks.base import Example
-from esgrpo.train.launch import SetupConfig, TrainConfig, run_training
+from esgrpo.config import EvalConfig, SequenceConfig, StudyConfig
+from esgrpo.errors import ConfigError
+from esgrpo.models import model_identity
+from esgrpo.run import run_eval, run_training
+from esgrpo.runs import JsonRecord, RunDir, read_jsonl
+from esgrpo.tasks import load_task_examples
 
-METHODS = ("es_short", "es_long", "grpo")
+CELL_METHODS = ("base", "es", "grpo")  # --only TASK:METHOD; "es" trains ES short and ES long together
 
 
-@dataclass
-class StudyConfig(SetupConfig):
-    """`esgrpo study`: base eval, then ES short / ES long / GRPO on every task, and the tables."""
-
-    es_long_factor: int = F(3, "ES long runs this many times es.iterations (the paper: 300 vs 100).", POSITIVE)
-    budget_mode: Literal["paper", "matched"] = F(
-        "paper", "paper: each method on its own configured budget (ES iterations vs GRPO steps, as the "
-        "paper); matched: GRPO gets exactly the rollouts of ES short.")
-    train: bool = F(True, "Train (false: only the base evaluation).")
-    extra_models: list[str] = F(["smollm2-135m"], "Further models whose base accuracy is reported "
-                                "(evaluated on extra_n_test examples per task).")
-    extra_n_test: int = F(50, "Test examples per task for the extra models.", NON_NEGATIVE)
-    extra_max_new_tokens: int = F(160, "max_new_tokens for the extra models (they reason in prose).", POSITIVE)
-    out: str = F("runs/study", "Study directory (report.html, report.md, results.json, analysis.json, figures/, "
-                 "runs/).")
-    analysis: AnalysisConfig = sub(AnalysisConfig)
-    sequential: SequentialSettings = sub(SequentialSettings)
-
-    def quick(self) -> StudyConfig:
-        """The --quick variant (a smoke run, ~5 min on 2 cores): small budgets, test sets and analysis grids, no
-        extra models, a two-stage sequence without ES long."""
-        return dataclasses.replace(
-            self, data=dataclasses.replace(self.data, n_test=100),
-            es=dataclasses.replace(self.es, iterations=max(1, self.es.iterations // 4),
-                                   batch_size=max(8, self.es.batch_size // 2) if self.es.batch_size else 32),
-            grpo=dataclasses.replace(self.grpo, steps=max(1, self.grpo.steps // 4)),
-            es_long_factor=2, extra_models=[], out=self.out.rstrip("/") + "-quick",
-            analysis=dataclasses.replace(self.analysis, n_examples=20, alphas=3, probe_points=2, probe_n_examples=10,
-                                         kl_prompts=8, kl_samples=1, heldout_docs=100),
-            sequential=dataclasses.replace(self.sequential, order=self.sequential.order[:2],
-                                           methods=[m for m in self.sequential.methods if m != "es_long"] or ["grpo"],
-                                           kl_prompts=8, heldout_docs=100))
-
-
-def load_task_examples(data: DataConfig, split: str, n: int) -> dict[str, list[Example]]:
-    """Examples per task from the configured source."""
-    return {t: load_examples(t, data.source, split, n, seed=data.seed, path=data.data_paths.get(t))
-            for t in data.tasks}
-
-
-def run_eval(cfg: EvalConfig, run_path: str | Path | None = None,
-             tiny: TinyModelConfig | None = None) -> dict[str, Any]:
-    """`esgrpo eval`: one model, all configured tasks; returns results (also in results.json)."""
-    n = cfg.data.n_test if cfg.split == "test" else cfg.data.n_train
-    examples = load_task_examples(cfg.data, cfg.split, n)  # data errors surface before model loading
-    inputs = {"model": model_identity(cfg.model, tiny),
-              "data": examples_hash([ex for exs in examples.values() for ex in exs])}
-    run = RunDir(run_path or cfg.out or default_run_path("eval", cfg.model.name), cfg, command="eval", inputs=inputs)
-    policy = load_policy(cfg.model, tiny)
-    t0 = time.time()
-    res = evaluate(policy, examples, cfg.generation, run=run, n_show=cfg.n_show)
-    out = {"model": cfg.model.name, "split": cfg.split, "source": cfg.data.source,
-           "parameters": policy.num_parameters(), "tasks": res, "seconds": time.time() - t0}
-    run.write_results(out)
-    print(format_accuracy_table({cfg.model.name: res}))
-    print(f"[eval] results in {run.path}", file=sys.stderr)
-    return out
-
-
-def run_eval_cached(cfg: EvalConfig, path: Path, tiny: TinyModelConfig | None = None) -> dict[str, Any]:
-    """Reuse a finished evaluation in `path` if its config is the same, else run it."""
-    done = RunDir(path).read_results()
-    if done is not None:
-        n = cfg.data.n_test if cfg.split == "test" else cfg.data.n_train
-        examples = load_task_examples(cfg.data, cfg.split, n)
-        RunDir(path, cfg, inputs={"model": model_identity(cfg.model, tiny),
-                                   "data": examples_hash([ex for exs in examples.values() for ex in exs])})
-        print(f"[study] reusing finished evaluation {path}", file=sys.stderr)
-        return done
-    return run_eval(cfg, run_path=path, tiny=tiny)
-
-
-def format_accuracy_table(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """Markdown table: one row per model, one column per task (accuracy %, n)."""
-    tasks = list(next(iter(rows.values())).keys()) if rows else []
-    lines = ["| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-    for name, res in rows.items():
-        cells = [f"{100 * res[t]['accuracy']:.1f} (n={res[t]['n']})" for t in tasks]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def _say(msg: str) -> None:
+    print(f"[study] {msg}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
-
-
-def _train_config(cfg: StudyConfig, task: str) -> TrainConfig:
-    return TrainConfig(model=cfg.model, tiny=cfg.tiny, data=cfg.data, generation=cfg.generation,
-                       es=cfg.es, grpo=cfg.grpo, task=task)
+# One task's runs
 
 
 def _budget_at(run_dir: Path, iteration: int) -> dict[str, Any]:
@@ -144,80 +55,239 @@ def _budget_at(run_dir: Path, iteration: int) -> dict[str, Any]:
     raise RuntimeError(f"{run_dir}: no metrics row for iteration {iteration}")
 
 
-def train_task(cfg: StudyConfig, task: str, root: Path) -> dict[str, Any]:
-    """ES long (with ES short as its checkpoint) and GRPO on one task; accuracies and budgets."""
+_COST_KEYS = ("peak_memory_bytes", "peak_memory_added_bytes", "memory_kind", "model_bytes", "measure_seconds",
+              "measure_memory_bytes")
+
+
+def train_es_cells(cfg: StudyConfig, task: str, root: Path) -> dict[str, Any]:
+    """ES long on `task`, its checkpoint at es.iterations being ES short; accuracies and budgets."""
     short = cfg.es.iterations
     es_cfg = dataclasses.replace(cfg.es, iterations=short * cfg.es_long_factor, checkpoint_every=short,
                                  max_rollouts=0)
-    tc = dataclasses.replace(_train_config(cfg, task), es=es_cfg)
-    es = run_training("es", tc, root / "runs" / f"{task}-es", extra_checkpoints={"es_short": short})
-    es_dir = Path(es["run"])
-    budgets = {"es_short": _budget_at(es_dir, short),
-               "es_long": {k: es["train"][k] for k in ("iterations", "rollouts", "tokens", "seconds")}}
+    tc = dataclasses.replace(cfg.train_config(task), es=es_cfg)
+    es = run_training("es", tc, root / "runs" / f"{task}-es", extra_checkpoints={"es_short": short}, extend=True)
+    long_budget = {k: es["train"][k] for k in ("iterations", "rollouts", "tokens", "seconds")}
+    costs = {k: es["train"].get(k) for k in _COST_KEYS}
+    return {"accuracy": {"es_short": es["eval"]["es_short"][task]["accuracy"],
+                         "es_long": es["eval"]["final"][task]["accuracy"]},
+            "budgets": {"es_short": {**_budget_at(Path(es["run"]), short), **costs},
+                        "es_long": {**long_budget, **costs}},
+            "runs": {"es": es["run"]}}
+
+
+def train_grpo_cell(cfg: StudyConfig, task: str, root: Path, es_short_rollouts: int | None) -> dict[str, Any]:
+    """GRPO on `task` (budget_mode matched: exactly ES short's rollouts)."""
     grpo_cfg = cfg.grpo
     if cfg.budget_mode == "matched":
-        grpo_cfg = dataclasses.replace(grpo_cfg, steps=0, max_rollouts=budgets["es_short"]["rollouts"])
-    gr = run_training("grpo", dataclasses.replace(_train_config(cfg, task), grpo=grpo_cfg),
+        if es_short_rollouts is None:
+            raise ConfigError("budget_mode matched: GRPO's budget is ES short's rollouts, so ES must run first "
+                              f"(--only {task}:es,{task}:grpo)")
+        grpo_cfg = dataclasses.replace(grpo_cfg, steps=0, max_rollouts=es_short_rollouts)
+    gr = run_training("grpo", dataclasses.replace(cfg.train_config(task), grpo=grpo_cfg),
                       root / "runs" / f"{task}-grpo")
-    budgets["grpo"] = {"steps": gr["train"]["steps"], **{k: gr["train"][k] for k in ("rollouts", "tokens", "seconds")}}
-    for m, src in (("es_short", es), ("es_long", es), ("grpo", gr)):
-        budgets[m]["peak_memory_added_bytes"] = src["train"].get("peak_memory_added_bytes")
-        budgets[m]["model_bytes"] = src["train"].get("model_bytes")
-    acc = {"es_short": es["eval"]["es_short"][task]["accuracy"], "es_long": es["eval"]["final"][task]["accuracy"],
-           "grpo": gr["eval"]["final"][task]["accuracy"]}
-    return {"accuracy": acc, "budgets": budgets, "runs": {"es": es["run"], "grpo": gr["run"]}}
+    budget = {"steps": gr["train"]["steps"], **{k: gr["train"][k] for k in ("rollouts", "tokens", "seconds")},
+              **{k: gr["train"].get(k) for k in _COST_KEYS}}
+    return {"accuracy": {"grpo": gr["eval"]["final"][task]["accuracy"]}, "budgets": {"grpo": budget},
+            "runs": {"grpo": gr["run"]}}
 
 
-def run_study(cfg: StudyConfig) -> dict[str, Any]:
-    """Base eval + training on every task + tables and figures; resumable."""
-    root = Path(cfg.out)
-    root.mkdir(parents=True, exist_ok=True)
-    write_text(root / "config.yaml", dump_yaml(cfg))
-    t0 = time.time()
-    resolve_model_path(cfg.model, cfg.tiny)
-    t_build = time.time() - t0
+def train_task(cfg: StudyConfig, task: str, root: Path, methods: tuple[str, ...] = ("es", "grpo"),
+               done: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The trained cells of one task (ES short + ES long, GRPO), merged into what `done` already holds."""
+    out: dict[str, Any] = {"accuracy": {}, "budgets": {}, "runs": {}, **(done or {})}
+
+    def merge(part: dict[str, Any]) -> None:
+        for k in ("accuracy", "budgets", "runs"):
+            out[k] = {**out.get(k, {}), **part[k]}
+
+    if "es" in methods:
+        merge(train_es_cells(cfg, task, root))
+    if "grpo" in methods:
+        merge(train_grpo_cell(cfg, task, root, out["budgets"].get("es_short", {}).get("rollouts")))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The study
+
+
+def parse_only(only: list[str], tasks: list[str]) -> dict[str, tuple[str, ...]]:
+    """['math:grpo', 'boolq:es'] -> {'math': ('grpo',), 'boolq': ('es',)}; es_short/es_long mean es."""
+    cells: dict[str, list[str]] = {}
+    for item in only:
+        task, _, method = item.partition(":")
+        method = {"es_short": "es", "es_long": "es"}.get(method, method)
+        if task not in tasks or method not in CELL_METHODS:
+            raise ConfigError(f"--only {item!r}: expected TASK:METHOD with TASK among {', '.join(tasks)} and METHOD "
+                              f"among {', '.join(CELL_METHODS)} (es trains ES short and ES long together)")
+        cells.setdefault(task, [])
+        if method not in cells[task]:
+            cells[task].append(method)
+    return {t: tuple(m) for t, m in cells.items()}
+
+
+def _base_eval(cfg: StudyConfig, root: Path) -> dict[str, Any]:
     ecfg = EvalConfig(model=cfg.model, data=cfg.data, generation=cfg.generation)
-    base = run_eval_cached(ecfg, root / "runs" / f"base-{cfg.model.name}", cfg.tiny)
-    results: dict[str, Any] = {"model": cfg.model.name, "parameters": base["parameters"],
-                               "budget_mode": cfg.budget_mode, "build_seconds": t_build,
-                               "base": {t: r["accuracy"] for t, r in base["tasks"].items()},
-                               "n_test": {t: r["n"] for t, r in base["tasks"].items()}, "tasks": {}}
-    if cfg.train:
-        for i, task in enumerate(cfg.data.tasks):
-            print(f"[study] task {i + 1}/{len(cfg.data.tasks)}: {task} ({time.time() - t0:.0f}s elapsed)",
-                  file=sys.stderr, flush=True)
-            results["tasks"][task] = train_task(cfg, task, root)
-            RunDir(root).write_results(results)  # incremental: a crash keeps the finished tasks
+    return run_eval(ecfg, run_path=root / "runs" / f"base-{cfg.model.name}", tiny=cfg.tiny, reuse=True)
+
+
+def _extra_models(cfg: StudyConfig, root: Path) -> dict[str, Any]:
     extra = {}
-    for name in cfg.extra_models:
-        if cfg.extra_n_test == 0:
-            break
+    for name in cfg.extra_models if cfg.extra_n_test else []:
         e = EvalConfig(model=dataclasses.replace(cfg.model, name=name),
                        data=dataclasses.replace(cfg.data, n_test=cfg.extra_n_test),
                        generation=dataclasses.replace(cfg.generation, max_new_tokens=cfg.extra_max_new_tokens,
                                                       batch_size=min(cfg.generation.batch_size, 16)))
-        r = run_eval_cached(e, root / "runs" / f"base-{name}")
+        r = run_eval(e, run_path=root / "runs" / f"base-{name}", reuse=True)
         extra[name] = {"parameters": r["parameters"], "n": cfg.extra_n_test,
                        "accuracy": {t: v["accuracy"] for t, v in r["tasks"].items()},
                        "truncated": {t: v["truncated_fraction"] for t, v in r["tasks"].items()}}
-    results["extra_models"] = extra
-    RunDir(root).write_results(results)
-    if cfg.train and cfg.analysis.enabled:
-        from esgrpo.analysis.study import analyze_study
+    return extra
 
-        analyze_study(root, cfg, results)
-    if cfg.train and cfg.sequential.enabled and len(cfg.data.tasks) > 1:
-        from esgrpo.sequence import SequenceConfig, run_sequence
 
-        order = [t for t in cfg.sequential.order if t in cfg.data.tasks]  # the study's tasks only
-        seq = SequenceConfig(model=cfg.model, tiny=cfg.tiny, data=cfg.data, generation=cfg.generation, es=cfg.es,
-                             grpo=cfg.grpo, sequential=dataclasses.replace(cfg.sequential, order=order),
-                             es_long_factor=cfg.es_long_factor, reuse=str(root), out=str(root / "sequence"))
-        run_sequence(seq)
-    results["seconds"] = time.time() - t0
-    RunDir(root).write_results(results)
-    from esgrpo.report.study import write_study_report
+def run_study(cfg: StudyConfig, only: list[str] | None = None) -> dict[str, Any]:
+    """Base eval + training on every task + analyses + sequence + report; resumable. `only`: just these
+    TASK:METHOD cells (no analyses, sequence or report unless every cell is then done)."""
+    # 1. Checks before anything is written: the study directory's identity and the data.
+    cells = parse_only(only, cfg.data.tasks) if only else {t: CELL_METHODS for t in cfg.data.tasks}
+    load_task_examples(cfg.data, "test", cfg.data.n_test)
+    load_task_examples(cfg.data, "train", cfg.data.n_train)
+    t0 = time.time()
+    inputs = {"model": model_identity(cfg.model, cfg.tiny)}
+    t_build = time.time() - t0
+    with RunDir(cfg.out, cfg, command="study", inputs=inputs) as study:
+        root = study.path
+        record = JsonRecord(root / "results.json")
+        results = record.data
+        results.setdefault("tasks", {})
 
-    md = write_study_report(root, results, cfg)
+        # 2. The base model.
+        if not only or any("base" in m for m in cells.values()):
+            base = _base_eval(cfg, root)
+            results.update({"model": cfg.model.name, "parameters": base["parameters"],
+                            "budget_mode": cfg.budget_mode, "build_seconds": t_build,
+                            "base": {t: r["accuracy"] for t, r in base["tasks"].items()},
+                            "n_test": {t: r["n"] for t, r in base["tasks"].items()}})
+            record.save()
+
+        # 3. Per task: ES short / ES long and GRPO (incremental: a crash keeps the finished tasks).
+        if cfg.train:
+            for i, (task, methods) in enumerate(cells.items()):
+                trained = tuple(m for m in methods if m != "base")
+                if trained:
+                    _say(f"task {i + 1}/{len(cells)}: {task} ({time.time() - t0:.0f}s elapsed)")
+                    results["tasks"][task] = train_task(cfg, task, root, trained, results["tasks"].get(task))
+                    record.save()
+        if only:
+            print(_cells_table(results, cells))
+            if not _complete(results, cfg):
+                return results
+            _say("every cell is done; finishing the study")
+
+        # 4. Further models' base accuracy.
+        results["extra_models"] = _extra_models(cfg, root)
+        record.save()
+
+        # 5. Analyses; 6. the sequence.
+        if cfg.train and cfg.analysis.enabled:
+            from esgrpo.analysis.study import analyze_study
+
+            analyze_study(root, cfg, results)
+        if cfg.train and cfg.sequential.enabled and len(cfg.data.tasks) > 1:
+            from esgrpo.sequence import run_sequence
+
+            run_sequence(sequence_config(cfg))
+        results["seconds"] = time.time() - t0
+        record.save()
+
+        # 7. The report.
+        from esgrpo.report.study import write_study_report
+
+        md = write_study_report(root, results, cfg)
     print(md)
     return results
+
+
+def sequence_config(cfg: StudyConfig) -> SequenceConfig:
+    """The study's sequential part: its tasks in `sequential.order`, stage 1 reused from its runs."""
+    order = [t for t in cfg.sequential.order if t in cfg.data.tasks]
+    return SequenceConfig(model=cfg.model, tiny=cfg.tiny, data=cfg.data, generation=cfg.generation, es=cfg.es,
+                          grpo=cfg.grpo, sequential=dataclasses.replace(cfg.sequential, order=order),
+                          es_long_factor=cfg.es_long_factor, reuse=cfg.out, out=str(Path(cfg.out) / "sequence"))
+
+
+def _complete(results: dict[str, Any], cfg: StudyConfig) -> bool:
+    return "base" in results and (not cfg.train or all(
+        set(results["tasks"].get(t, {}).get("accuracy", {})) >= {"es_short", "es_long", "grpo"}
+        for t in cfg.data.tasks))
+
+
+def _cells_table(results: dict[str, Any], cells: dict[str, tuple[str, ...]]) -> str:
+    """The asked-for cells as a Markdown table (accuracy %, '-' where not computed)."""
+    cols = ("base", "es_short", "es_long", "grpo")
+    lines = ["| task | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for task in cells:
+        acc = {**results["tasks"].get(task, {}).get("accuracy", {}),
+               **({"base": results["base"][task]} if task in results.get("base", {}) else {})}
+        lines.append(f"| {task} | " + " | ".join(f"{100 * acc[c]:.1f}" if c in acc else "-" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# A finished study's directory: analyses and report again
+
+
+def open_study(path: str | Path) -> tuple[StudyConfig, dict[str, Any]]:
+    """The config and results of a study directory, or one clear error saying what the directory is."""
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise ConfigError(f"study directory {path} does not exist")
+    if (run.path / "config.yaml").exists() and not (run.path / "results.json").exists() and \
+            (run.path / "checkpoints").exists():
+        raise ConfigError(f"{path} is a training run directory, not a study directory")
+    try:
+        cfg = run.saved_config(StudyConfig)
+    except Exception as e:
+        raise ConfigError(f"{path} is not a study directory: {e}") from None
+    results = run.read_results()
+    if results is None or "base" not in results:
+        raise ConfigError(f"{path}/results.json is missing or incomplete: run `esgrpo study` first")
+    return cfg, results
+
+
+def reanalyze(path: str | Path, overrides: list[str]) -> None:
+    """`esgrpo analyze study DIR [--set analysis.KEY=VALUE ...]`: every analysis, then the report. Only the
+    analysis settings may be changed here; with other ones than analysis.json's, that file must be deleted
+    first. The study's config.yaml then records the analysis settings its analysis.json holds."""
+    from esgrpo.analysis.study import analyze_study
+    from esgrpo.config import dump_yaml, from_dict, merge, parse_overrides, to_dict
+    from esgrpo.runs import write_text
+
+    cfg, results = open_study(path)
+    over = parse_overrides(overrides)
+    if set(over) - {"analysis"}:
+        raise ConfigError(f"analyze study: only analysis.* settings can be changed here, got "
+                          f"{', '.join(sorted(set(over) - {'analysis'}))}")
+    new = from_dict(StudyConfig, merge(to_dict(cfg), over))
+    with RunDir(path, cfg, command="analyze study") as run:
+        analyze_study(run.path, new, results)
+        write_text(run.path / "config.yaml", dump_yaml(new))
+    write_report(path)
+
+
+def write_report(path: str | Path, screenshot: bool = False) -> list[Path]:
+    """`esgrpo report DIR`: report.html and report.md from the study's records (+ a Chromium screenshot)."""
+    from esgrpo.report.study import write_study_report
+
+    cfg, results = open_study(path)
+    root = Path(path)
+    write_study_report(root, results, cfg)
+    out = [root / "report.html"]
+    if screenshot:
+        from esgrpo.report.render import screenshot as shoot
+
+        png = shoot(root / "report.html", root / "figures" / "report-screenshot.png")
+        if png is None:
+            raise ConfigError("no chromium found: install the Debian package `chromium` for --screenshot")
+        out.append(Path(png))
+    return out

@@ -29,16 +29,14 @@ All parameters are set, whatever their requires_grad (analysis policies may be f
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
 from esgrpo.analysis.capability import heldout_nll, response_nll
-from esgrpo.analysis.weights import safetensors_files
+from esgrpo.checkpoints import CheckpointTensors
 from esgrpo.config import GenerationConfig
 from esgrpo.evaluate import evaluate_task
 from esgrpo.models.policy import Policy
@@ -60,42 +58,6 @@ def parameter_table(policy: Policy) -> list[tuple[str, Tensor, tuple[str, ...]]]
         else:
             by_id[id(p)] = (name, p, [name])
     return [(name, p, tuple(names)) for name, p, names in by_id.values()]
-
-
-class CheckpointTensors:
-    """Lazy, name-addressed read access to a checkpoint's tensors (all its *.safetensors files).
-
-    Use as a context manager; `get(names)` returns the tensor stored under the first of `names` present.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        files = safetensors_files(self.path)
-        self._files = files
-        self._stack = ExitStack()
-        self._handles: dict[str, Any] = {}
-
-    def __enter__(self) -> CheckpointTensors:
-        for f in self._files:
-            handle = self._stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
-            names = handle.keys()  # a safe_open handle is not iterable
-            for name in names:
-                self._handles.setdefault(name, handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stack.close()
-        self._handles = {}
-
-    def names(self) -> list[str]:
-        """All stored tensor names, sorted."""
-        return sorted(self._handles)
-
-    def get(self, names: Sequence[str]) -> Tensor:
-        for n in names:
-            if n in self._handles:
-                return self._handles[n].get_tensor(n)
-        raise KeyError(f"checkpoint {self.path} holds none of {list(names)}")
 
 
 @torch.no_grad()
@@ -133,12 +95,12 @@ def interpolated_tensors(policy: Policy, a: CheckpointTensors, b: CheckpointTens
     """(name, (1 - alpha) theta_A + alpha theta_B) per parameter, in fp32; the ends are the stored tensors."""
     for name, _, aliases in parameter_table(policy):
         if alpha == 0.0:
-            yield name, a.get(aliases)
+            yield name, a.get(*aliases)
         elif alpha == 1.0:
-            yield name, b.get(aliases)
+            yield name, b.get(*aliases)
         else:
-            ta = a.get(aliases).to(torch.float32, copy=True)
-            yield name, ta.mul_(1.0 - alpha).add_(b.get(aliases).to(torch.float32), alpha=alpha)
+            ta = a.get(*aliases).to(torch.float32, copy=True)
+            yield name, ta.mul_(1.0 - alpha).add_(b.get(*aliases).to(torch.float32), alpha=alpha)
 
 
 # --- the path and its barrier --------------------------------------------------------------------------------

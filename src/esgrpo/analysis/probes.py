@@ -73,14 +73,14 @@ class _Direction:
         """fp32; `base` is the base tensor in fp32."""
         if self.ckpt is None:
             return random_tensor(self.seed, name, base.shape)
-        return self.ckpt.get(aliases).to(torch.float32) - base
+        return self.ckpt.get(*aliases).to(torch.float32) - base
 
 
 def _measure(policy: Policy, base: CheckpointTensors, dirs: list[_Direction]) -> dict[str, dict[str, float]]:
     """Set each direction's norm; return the cosine between every pair (one streamed pass)."""
     dots = torch.zeros(len(dirs), len(dirs), dtype=torch.float64)
     for name, _, aliases in parameter_table(policy):
-        b = base.get(aliases).to(torch.float32)
+        b = base.get(*aliases).to(torch.float32)
         vs = [d.raw(name, aliases, b).flatten().double() for d in dirs]
         for i in range(len(vs)):
             for j in range(i, len(vs)):
@@ -99,7 +99,7 @@ def _measure(policy: Policy, base: CheckpointTensors, dirs: list[_Direction]) ->
 def _point_tensors(policy: Policy, base: CheckpointTensors, d: _Direction, t: float) -> Iterator[tuple[str, Tensor]]:
     """(name, theta_base + t u) per parameter; t = 0 yields the stored base tensors."""
     for name, _, aliases in parameter_table(policy):
-        stored = base.get(aliases)
+        stored = base.get(*aliases)
         if t == 0.0:
             yield name, stored
         else:
@@ -121,7 +121,7 @@ def unit_direction(policy: Policy, base_dir: str | Path, target_dir: str | Path 
             raise ValueError(f"{target_dir} equals the base {base_dir}: no direction")
         out = {}
         for name, _, aliases in parameter_table(policy):
-            b = base.get(aliases).to(torch.float32)
+            b = base.get(*aliases).to(torch.float32)
             out[name] = d.raw(name, aliases, b) / d.norm
     return out, (d.norm if target is not None else None)
 

@@ -19,52 +19,21 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from esgrpo.analysis import weights
 from esgrpo.analysis.capability import heldout_nll, heldout_path
 from esgrpo.analysis.connectivity import barriers, default_alphas, greedy_references, interpolate, make_evaluate_fn
 from esgrpo.analysis.kl import kl_drift
 from esgrpo.analysis.probes import direction_probe
-from esgrpo.config import NON_NEGATIVE, POSITIVE, F, GenerationConfig
-from esgrpo.runs import write_json
-
-METHODS = ("es_short", "es_long", "grpo")
-
-
-@dataclass
-class AnalysisConfig:
-    """Geometry analyses run after the study's training (esgrpo analyze study / the report)."""
-
-    enabled: bool = F(True, "Run the analyses at the end of `esgrpo study`.")
-    n_examples: int = F(100, "Test examples per task for the interpolation and probe curves (the first n of the "
-                             "study's test split).", POSITIVE)
-    alphas: int = F(11, "Interpolation grid: this many evenly spaced points from 0 to 1.", (lambda v: v >= 2, ">= 2"))
-    interp_tasks: Literal["trained", "all"] = F("trained", "Tasks evaluated along the interpolation paths: the "
-                                                "trained task only, or all tasks.")
-    probe_points: int = F(6, "Direction probes: log-spaced t values between the smaller and 1.5x the larger "
-                             "displacement norm (plus 0 and both norms).", (lambda v: v >= 2, ">= 2"))
-    probe_n_examples: int = F(50, "Test examples per task at each probe point (every task is evaluated).", POSITIVE)
-    kl_prompts: int = F(32, "Test prompts per task for KL drift.", POSITIVE)
-    kl_samples: int = F(2, "Sampled responses per prompt for KL drift (temperature 1).", POSITIVE)
-    kl_max_new_tokens: int = F(32, "Maximum tokens of the responses sampled for KL drift.", POSITIVE)
-    heldout_docs: int = F(400, "Held-out pretraining documents for the capability NLL (tiny model; 0 = skip).",
-                          NON_NEGATIVE)
-    sparsity_atol: float = F(0.0, "A weight counts as changed when |delta| > this (0: any change).", NON_NEGATIVE)
-    rank_top_k: int = F(8, "Singular values kept per update matrix.", POSITIVE)
-    seed: int = F(0, "Seed of the random probe direction and of the KL samples.")
-
-
-def base_checkpoint(model_path: str) -> Path:
-    """The base model's local directory (a hub id is looked up in the local HF cache only)."""
-    p = Path(model_path)
-    if p.is_dir():
-        return p
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(model_path, local_files_only=True))
+from esgrpo.checkpoints import base_checkpoint, checkpoint_policy
+from esgrpo.config import METHODS, AnalysisConfig, GenerationConfig, StudyConfig
+from esgrpo.models.policy import Policy
+from esgrpo.runs import JsonRecord, read_json
+from esgrpo.tasks import load_task_examples
+from esgrpo.tasks.base import Example
 
 
 def method_checkpoints(task_result: dict[str, Any], es_short_iterations: int) -> dict[str, Path]:
@@ -79,35 +48,6 @@ def log_grid(lo: float, hi: float, n: int, extra: list[float]) -> list[float]:
     if lo > 0 and hi > lo:
         pts |= {lo * (hi / lo) ** (i / (n - 1)) for i in range(n)}
     return sorted({float(f"{t:.6g}") for t in pts})
-
-
-class _Store:
-    """analysis.json, written after every finished piece."""
-
-    def __init__(self, path: Path, config: dict[str, Any]) -> None:
-        import json
-
-        self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-        if self.data.get("config") not in (None, config):
-            print(f"[analyze] {path} was made with another analysis config; recomputing", file=sys.stderr)
-            self.data = {}
-        self.data["config"] = config
-
-    def has(self, *keys: str) -> bool:
-        d = self.data
-        for k in keys:
-            if not isinstance(d, dict) or k not in d:
-                return False
-            d = d[k]
-        return True
-
-    def put(self, value: Any, *keys: str) -> None:
-        d = self.data
-        for k in keys[:-1]:
-            d = d.setdefault(k, {})
-        d[keys[-1]] = value
-        write_json(self.path, self.data)
 
 
 def _weights_summary(base: Path, ckpts: dict[str, Path], cfg: AnalysisConfig) -> dict[str, Any]:
@@ -142,122 +82,145 @@ def _cosine_per_module(per_tensor: dict[str, dict[str, Any]]) -> dict[str, float
     return {k: v[0] / math.sqrt(v[1] * v[2]) if v[1] * v[2] > 0 else float("nan") for k, v in acc.items()}
 
 
-def analyze_study(root: str | Path, study_cfg: Any, results: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run every analysis of the study in `root` (resumable); returns the contents of analysis.json."""
-    import json
+class _Context:
+    """What every analysis step needs: the checkpoints, the base model, the test data, a progress line."""
 
-    from esgrpo.models import load_policy, resolve_model_path
-    from esgrpo.study import load_task_examples
-    from esgrpo.train.launch import checkpoint_policy
+    def __init__(self, root: Path, cfg: StudyConfig, results: dict[str, Any], tasks: list[str],
+                 store: JsonRecord) -> None:
+        from esgrpo.models import load_policy, resolve_model_path
 
+        self.root, self.cfg, self.a, self.store, self.tasks = root, cfg, cfg.analysis, store, tasks
+        self.results = results
+        self.t0 = time.time()
+        self.base = base_checkpoint(resolve_model_path(cfg.model, cfg.tiny))
+        self.ckpts = {t: method_checkpoints(results["tasks"][t], cfg.es.iterations) for t in tasks}
+        self.policy: Policy = load_policy(cfg.model, cfg.tiny)
+        self.test: dict[str, list[Example]] = load_task_examples(cfg.data, "test", cfg.data.n_test)
+        self.heldout = heldout_path(self.base) if self.a.heldout_docs else None
+        self.gen = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, batch_size=cfg.generation.batch_size)
+
+    def say(self, msg: str) -> None:
+        print(f"[analyze] {msg} ({time.time() - self.t0:.0f}s)", file=sys.stderr, flush=True)
+
+    def trained(self, t: str, m: str) -> Policy:
+        return checkpoint_policy(self.ckpts[t][m], self.cfg.model)
+
+
+def analyze_study(root: str | Path, study_cfg: StudyConfig, results: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run every analysis of the study in `root` (resumable); returns the contents of analysis.json.
+
+    analysis.json belongs to the analysis settings it was made with: other settings are refused, naming
+    the changed keys (delete the file to recompute)."""
     root = Path(root)
-    cfg: AnalysisConfig = study_cfg.analysis
-    results = results or json.loads((root / "results.json").read_text())
+    results = results or read_json(root / "results.json")
     tasks = [t for t in study_cfg.data.tasks if t in results.get("tasks", {})]
-    store = _Store(root / "analysis.json", asdict(cfg))
+    store = JsonRecord(root / "analysis.json", header=asdict(study_cfg.analysis), what="analysis settings")
+    store.data.pop("config", None)
     if not tasks:
         return store.data
-    t0 = time.time()
+    store.data["es_short_iterations"] = study_cfg.es.iterations
+    ctx = _Context(root, study_cfg, results, tasks, store)
+    _weight_statistics(ctx)        # 1. norms, cosines, sparsity, rank (streamed from the checkpoints)
+    _capability(ctx)               # 2. held-out pretraining NLL
+    _kl_drift(ctx)                 # 3. KL to the base on every task's prompts
+    _connectivity(ctx)             # 4. interpolation paths and barriers
+    _probes(ctx)                   # 5. direction probes
+    _theory(ctx)                   # 6. the random-walk theory against the ES runs
+    store.put(time.time() - ctx.t0 + store.data.get("seconds", 0.0), "seconds")
+    ctx.say("done")
+    return store.data
 
-    def say(msg: str) -> None:
-        print(f"[analyze] {msg} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
 
-    base = base_checkpoint(resolve_model_path(study_cfg.model, study_cfg.tiny))
-    short = study_cfg.es.iterations
-    store.data["es_short_iterations"] = short
-    ckpts = {t: method_checkpoints(results["tasks"][t], short) for t in tasks}
-
-    # 1. weights (cheap, streaming)
-    for t in tasks:
-        if not store.has("weights", t):
-            say(f"weights: {t}")
-            store.put(_weights_summary(base, ckpts[t], cfg), "weights", t)
-    if not store.has("cross_task") and len(tasks) > 1:
+def _weight_statistics(ctx: _Context) -> None:
+    for t in ctx.tasks:
+        if not ctx.store.has("weights", t):
+            ctx.say(f"weights: {t}")
+            ctx.store.put(_weights_summary(ctx.base, ctx.ckpts[t], ctx.a), "weights", t)
+    if not ctx.store.has("cross_task") and len(ctx.tasks) > 1:
         cross: dict[str, Any] = {}
         for m in ("es_long", "grpo"):
-            for i, a in enumerate(tasks):
-                for b in tasks[i + 1:]:
-                    c = weights.cosine(base, ckpts[a][m], ckpts[b][m])
-                    cross[f"{m}:{a}|{b}"] = c["cosine"]
-        store.put(cross, "cross_task")
+            for i, a in enumerate(ctx.tasks):
+                for b in ctx.tasks[i + 1:]:
+                    cross[f"{m}:{a}|{b}"] = weights.cosine(ctx.base, ctx.ckpts[a][m], ctx.ckpts[b][m])["cosine"]
+        ctx.store.put(cross, "cross_task")
 
-    policy = load_policy(study_cfg.model, study_cfg.tiny)
-    test = load_task_examples(study_cfg.data, "test", study_cfg.data.n_test)
-    heldout = heldout_path(base) if cfg.heldout_docs else None
 
-    # 2. capability: held-out corpus NLL
-    if heldout is not None and not store.has("capability", "base"):
-        say("held-out NLL: base")
-        store.put(heldout_nll(policy, base, cfg.heldout_docs), "capability", "base")
-    for t in tasks:
+def _capability(ctx: _Context) -> None:
+    if ctx.heldout is None:
+        return
+    if not ctx.store.has("capability", "base"):
+        ctx.say("held-out NLL: base")
+        ctx.store.put(heldout_nll(ctx.policy, ctx.base, ctx.a.heldout_docs), "capability", "base")
+    for t in ctx.tasks:
         for m in METHODS:
-            if heldout is not None and not store.has("capability", t, m):
-                p = checkpoint_policy(ckpts[t][m], study_cfg.model)
-                store.put(heldout_nll(p, base, cfg.heldout_docs), "capability", t, m)
+            if not ctx.store.has("capability", t, m):
+                ctx.store.put(heldout_nll(ctx.trained(t, m), ctx.base, ctx.a.heldout_docs), "capability", t, m)
 
-    # 3. KL drift on every task's prompts
-    kl_examples = {k: v[:cfg.kl_prompts] for k, v in test.items()}
-    for t in tasks:
+
+def _kl_drift(ctx: _Context) -> None:
+    examples = {k: v[:ctx.a.kl_prompts] for k, v in ctx.test.items()}
+    for t in ctx.tasks:
         for m in METHODS:
-            if store.has("kl", t, m):
-                continue
-            say(f"KL drift: {m} trained on {t}")
-            p = checkpoint_policy(ckpts[t][m], study_cfg.model)
-            store.put(kl_drift(p, policy, kl_examples, cfg.kl_samples, cfg.kl_max_new_tokens, cfg.seed,
-                               batch_size=study_cfg.generation.batch_size), "kl", t, m)
+            if not ctx.store.has("kl", t, m):
+                ctx.say(f"KL drift: {m} trained on {t}")
+                ctx.store.put(kl_drift(ctx.trained(t, m), ctx.policy, examples, ctx.a.kl_samples,
+                                       ctx.a.kl_max_new_tokens, ctx.a.seed,
+                                       batch_size=ctx.cfg.generation.batch_size), "kl", t, m)
 
-    gen = GenerationConfig(max_new_tokens=study_cfg.generation.max_new_tokens,
-                           batch_size=study_cfg.generation.batch_size)
-    # 4. linear connectivity
-    alphas = default_alphas(cfg.alphas)
-    paths = {"base->es_long": (base, "es_long"), "base->grpo": (base, "grpo"), "es_long->grpo": ("es_long", "grpo")}
-    for t in tasks:
-        ev_tasks = [t] if cfg.interp_tasks == "trained" else list(test)
-        ex = {k: test[k][:cfg.n_examples] for k in ev_tasks}
+
+def _connectivity(ctx: _Context) -> None:
+    alphas = default_alphas(ctx.a.alphas)
+    paths = {"base->es_long": (None, "es_long"), "base->grpo": (None, "grpo"), "es_long->grpo": ("es_long", "grpo")}
+    for t in ctx.tasks:
+        ev_tasks = [t] if ctx.a.interp_tasks == "trained" else list(ctx.test)
+        ex = {k: ctx.test[k][:ctx.a.n_examples] for k in ev_tasks}
         refs = None
         for name, (a, b) in paths.items():
-            if store.has("interpolation", t, name):
+            if ctx.store.has("interpolation", t, name):
                 continue
             if refs is None:  # the base model's greedy answers, the fixed responses whose NLL is tracked
-                refs = greedy_references(policy, ex, gen.max_new_tokens, gen.batch_size)
-            say(f"interpolation {name} on {t}")
-            fn = make_evaluate_fn(ex, gen, references=refs, heldout=heldout,
-                                  heldout_max_docs=min(cfg.heldout_docs, 200) or None)
-            pa = a if isinstance(a, Path) else ckpts[t][a]
-            pts = interpolate(policy, pa, ckpts[t][b], alphas, fn)
-            store.put({"alphas": alphas, "points": pts, "barriers": barriers(pts)}, "interpolation", t, name)
+                refs = greedy_references(ctx.policy, ex, ctx.gen.max_new_tokens, ctx.gen.batch_size)
+            ctx.say(f"interpolation {name} on {t}")
+            fn = make_evaluate_fn(ex, ctx.gen, references=refs, heldout=ctx.heldout,
+                                  heldout_max_docs=min(ctx.a.heldout_docs, 200) or None)
+            start = ctx.base if a is None else ctx.ckpts[t][a]
+            pts = interpolate(ctx.policy, start, ctx.ckpts[t][b], alphas, fn)
+            ctx.store.put({"alphas": alphas, "points": pts, "barriers": barriers(pts)}, "interpolation", t, name)
 
-    # 5. direction probes
-    probe_ex = {k: v[:cfg.probe_n_examples] for k, v in test.items()}
-    for t in tasks:
-        if store.has("probes", t):
+
+def _probes(ctx: _Context) -> None:
+    probe_ex = {k: v[:ctx.a.probe_n_examples] for k, v in ctx.test.items()}
+    for t in ctx.tasks:
+        if ctx.store.has("probes", t):
             continue
-        ne = store.data["weights"][t]["norms"]["es_long"]["total"]["abs"]
-        ng = store.data["weights"][t]["norms"]["grpo"]["total"]["abs"]
-        dirs = {k: v for k, v, n in (("es", ckpts[t]["es_long"], ne), ("grpo", ckpts[t]["grpo"], ng)) if n > 0}
+        ne = ctx.store.at("weights", t, "norms", "es_long", "total", "abs")
+        ng = ctx.store.at("weights", t, "norms", "grpo", "total", "abs")
+        dirs = {k: v for k, v, n in (("es", ctx.ckpts[t]["es_long"], ne), ("grpo", ctx.ckpts[t]["grpo"], ng)) if n > 0}
         if not dirs:  # neither method moved (e.g. ES with zero fitness spread): nothing to probe
-            store.put({"skipped": "both updates are zero"}, "probes", t)
+            ctx.store.put({"skipped": "both updates are zero"}, "probes", t)
             continue
         norms = [n for n in (ne, ng) if n > 0]
-        ts = log_grid(min(norms) / 2, 1.5 * max(norms), cfg.probe_points, norms)
-        say(f"direction probes on {t}: {len(ts)} points x {len(dirs) + 1} directions")
-        res = direction_probe(policy, base, dirs, ts, make_evaluate_fn(probe_ex, gen), random_seed=cfg.seed)
-        store.put(res, "probes", t)
-    # 6. the random-walk theory against the ES runs (ES long's walk; GRPO's direction for the aligned part)
+        ts = log_grid(min(norms) / 2, 1.5 * max(norms), ctx.a.probe_points, norms)
+        ctx.say(f"direction probes on {t}: {len(ts)} points x {len(dirs) + 1} directions")
+        res = direction_probe(ctx.policy, ctx.base, dirs, ts, make_evaluate_fn(probe_ex, ctx.gen),
+                              random_seed=ctx.a.seed)
+        ctx.store.put(res, "probes", t)
+
+
+def _theory(ctx: _Context) -> None:
+    """ES long's walk replayed from its log against the predictions; GRPO's direction for the aligned part."""
     from esgrpo.theory.validate import fisher_trace, walk_drift
 
-    if not store.has("theory", "fisher"):
-        say("Fisher traces of the base model per task")
-        store.put({k: fisher_trace(policy, v[:cfg.kl_prompts], k, cfg.kl_prompts, cfg.kl_max_new_tokens, cfg.seed)
-                   for k, v in test.items()}, "theory", "fisher")
-    for t in tasks:
-        if store.has("theory", "walks", t):
+    if not ctx.store.has("theory", "fisher"):
+        ctx.say("Fisher traces of the base model per task")
+        ctx.store.put({k: fisher_trace(ctx.policy, v[:ctx.a.kl_prompts], k, ctx.a.kl_prompts,
+                                       ctx.a.kl_max_new_tokens, ctx.a.seed) for k, v in ctx.test.items()},
+                      "theory", "fisher")
+    for t in ctx.tasks:
+        if ctx.store.has("theory", "walks", t):
             continue
-        say(f"theory: replaying the ES walk on {t}")
-        w = walk_drift(results["tasks"][t]["runs"]["es"], study_cfg.es.alpha, study_cfg.es.population,
-                       direction=ckpts[t]["grpo"], direction_base=base)
+        ctx.say(f"theory: replaying the ES walk on {t}")
+        w = walk_drift(ctx.results["tasks"][t]["runs"]["es"], ctx.cfg.es.alpha, ctx.cfg.es.population,
+                       direction=ctx.ckpts[t]["grpo"], direction_base=ctx.base)
         w["tensor_ratios"] = {k: v["ratio"] for k, v in w.pop("per_tensor").items() if v["ndim"] == 2}
-        store.put(w, "theory", "walks", t)
-    store.put(time.time() - t0 + store.data.get("seconds", 0.0), "seconds")
-    say("done")
-    return store.data
+        ctx.store.put(w, "theory", "walks", t)

@@ -9,16 +9,15 @@ from the file is not counted twice. Totals are accumulated in float64.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import safe_open
+
+from esgrpo.checkpoints import CheckpointError, CheckpointTensors
 
 PathLike = str | Path
 
@@ -34,73 +33,21 @@ _BF16_MIN_EXP = -125  # frexp exponent of 2**-126, the smallest normal bf16; bel
 # --- reading checkpoints ------------------------------------------------------------------------------------
 
 
-def _is_float(dtype: str) -> bool:
-    """Whether a safetensors dtype string ("F32", "BF16", "I64", ...) is a floating-point type."""
-    return dtype.startswith("F") or dtype == "BF16"
-
-
-def safetensors_files(ckpt: Path) -> list[Path]:
-    if ckpt.is_file():
-        return [ckpt]
-    if not ckpt.is_dir():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    index = ckpt / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = [ckpt / f for f in sorted(set(weight_map.values()))]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{index} lists shards that do not exist: {', '.join(missing)}")
-        return files
-    files = sorted(ckpt.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors file in {ckpt}")
-    return files
-
-
-class _Checkpoint:
-    """The tensors of one checkpoint, by name, across all its safetensors files (opened lazily, mmapped)."""
-
-    def __init__(self, path: PathLike, stack: ExitStack):
-        self.path = Path(path)
-        self._handles: dict[str, Any] = {}
-        self._files: dict[str, Path] = {}
-        for file in safetensors_files(self.path):
-            handle = stack.enter_context(safe_open(str(file), framework="pt"))
-            for name in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
-                if name in self._handles:
-                    raise ValueError(f"tensor {name!r} is stored twice in {self.path}: {self._files[name]} and {file}")
-                self._handles[name] = handle
-                self._files[name] = file
-
-    def names(self) -> list[str]:
-        return sorted(self._handles)
-
-    def is_float(self, name: str) -> bool:
-        return _is_float(self._handles[name].get_slice(name).get_dtype())
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handles[name].get_slice(name).get_shape())
-
-    def get(self, name: str) -> torch.Tensor:
-        return self._handles[name].get_tensor(name).to(torch.float32)
-
-
-def _float_names(base: _Checkpoint, others: list[_Checkpoint]) -> list[str]:
+def _float_names(base: CheckpointTensors, others: list[CheckpointTensors]) -> list[str]:
     """The float tensor names of base, after checking every other checkpoint stores the same ones, same shapes."""
     base_names = set(base.names())
     for other in others:
         other_names = set(other.names())
         for name in sorted(base_names ^ other_names):
             has, lacks = (base, other) if name in base_names else (other, base)
-            raise ValueError(f"tensor {name!r} is in {has.path} but not in {lacks.path}")
+            raise CheckpointError(f"tensor {name!r} is in {has.path} but not in {lacks.path}")
         for name in sorted(base_names):
             if base.is_float(name) != other.is_float(name):
-                raise ValueError(
+                raise CheckpointError(
                     f"tensor {name!r} is float in one checkpoint and not in the other: {base.path}, {other.path}"
                 )
             if base.shape(name) != other.shape(name):
-                raise ValueError(
+                raise CheckpointError(
                     f"tensor {name!r} has shape {list(base.shape(name))} in {base.path} "
                     f"but {list(other.shape(name))} in {other.path}"
                 )
@@ -109,26 +56,25 @@ def _float_names(base: _Checkpoint, others: list[_Checkpoint]) -> list[str]:
 
 def iter_tensors(ckpt: PathLike) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, fp32 tensor) for every float tensor stored in a checkpoint, in sorted name order."""
-    with ExitStack() as stack:
-        checkpoint = _Checkpoint(ckpt, stack)
+    with CheckpointTensors(ckpt) as checkpoint:
         for name in checkpoint.names():
             if checkpoint.is_float(name):
-                yield name, checkpoint.get(name)
+                yield name, checkpoint.get(name).to(torch.float32)
 
 
 def iter_deltas(base: PathLike, *ckpts: PathLike) -> Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]:
     """Yield (name, base tensor, [ckpt_i - base for each ckpt]) in fp32, in sorted name order.
 
     Names and shapes are checked up front (headers only): a tensor missing from a checkpoint, a shape
-    mismatch, or a tensor that is float in one checkpoint and not in another raises ValueError naming the
+    mismatch, or a tensor that is float in one checkpoint and not in another raises CheckpointError naming the
     tensor and both paths. Non-float tensors are skipped.
     """
     with ExitStack() as stack:
-        base_ckpt = _Checkpoint(base, stack)
-        others = [_Checkpoint(c, stack) for c in ckpts]
+        base_ckpt = stack.enter_context(CheckpointTensors(base))
+        others = [stack.enter_context(CheckpointTensors(c)) for c in ckpts]
         for name in _float_names(base_ckpt, others):
-            theta = base_ckpt.get(name)
-            yield name, theta, [other.get(name) - theta for other in others]
+            theta = base_ckpt.get(name).to(torch.float32)
+            yield name, theta, [other.get(name).to(torch.float32) - theta for other in others]
 
 
 # --- naming ---------------------------------------------------------------------------------------------------

@@ -6,18 +6,25 @@ import shutil
 import sys
 from pathlib import Path
 
-from esgrpo.config import ModelConfig, TinyModelConfig
+from esgrpo.config import BuildConfig, ModelConfig, TinyModelConfig
+from esgrpo.errors import ModelLoadError
 from esgrpo.models.policy import Policy
 
 BUILTIN = ("tiny", "smollm2-135m")
 
 
 def resolve_model_path(cfg: ModelConfig, tiny: TinyModelConfig | None = None, force: bool = False) -> str:
-    """A path (or hub id) that `from_pretrained` accepts; builds/converts built-in models on first use."""
-    if cfg.name == "tiny":
-        from esgrpo.models.tiny import build_tiny
+    """A path (or hub id) that `from_pretrained` accepts; builds/converts built-in models on first use.
 
-        return str(build_tiny(tiny or TinyModelConfig(), cfg.cache_dir, force=force))
+    tiny: the shipped build when the recipe is the default one (force: rebuild into the cache anyway)."""
+    if cfg.name == "tiny":
+        from esgrpo.models.tiny import build_tiny, shipped_tiny
+
+        tiny = tiny or TinyModelConfig()
+        shipped = shipped_tiny(tiny)
+        if shipped is not None and not force:
+            return str(shipped)
+        return str(build_tiny(tiny, cfg.cache_dir, force=force))
     if cfg.name == "smollm2-135m":
         from esgrpo.models.smollm2 import ensure_smollm2
 
@@ -28,8 +35,12 @@ def resolve_model_path(cfg: ModelConfig, tiny: TinyModelConfig | None = None, fo
 
 
 def model_identity(cfg: ModelConfig, tiny: TinyModelConfig | None = None) -> str:
-    """What names the base model's weights: the build hash for `tiny`, the id/path otherwise."""
+    """What names the base model's weights: the recipe hash for `tiny`, the id/path otherwise."""
     path = resolve_model_path(cfg, tiny)
+    if cfg.name == "tiny":
+        from esgrpo.models.tiny import config_hash
+
+        return f"tiny-{config_hash(tiny or TinyModelConfig())}"
     return Path(path).name if cfg.name in BUILTIN else path
 
 
@@ -41,7 +52,25 @@ def load_policy(cfg: ModelConfig, tiny: TinyModelConfig | None = None) -> Policy
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+        if torch.get_num_threads() != cfg.threads:
+            raise ModelLoadError(f"model.threads = {cfg.threads} could not be set (torch uses "
+                                 f"{torch.get_num_threads()})")
     path = resolve_model_path(cfg, tiny)
     print(f"[model] loading {cfg.name} from {path}", file=sys.stderr, flush=True)
     model, tokenizer = load_hf(path, dtype=cfg.dtype, device=cfg.device)
     return Policy(model, tokenizer, name=cfg.name)
+
+
+def build_model(cfg: BuildConfig) -> str:
+    """`esgrpo models build`: the model's directory, and for a forced tiny build whether it reproduces the
+    shipped weights bit for bit."""
+    path = resolve_model_path(cfg.model, cfg.tiny, force=cfg.force)
+    if cfg.model.name != "tiny":
+        return path
+    from esgrpo.models.tiny import SHIPPED, compare_builds, shipped_tiny
+
+    if not cfg.force:
+        return path + ("\n(the shipped build; --force rebuilds it here and compares)" if Path(path) == SHIPPED else "")
+    if shipped_tiny(cfg.tiny) is None:
+        return path + "\n(a recipe other than the shipped one: nothing to compare with)"
+    return path + "\n" + compare_builds(Path(path), SHIPPED)

@@ -17,6 +17,12 @@ Everything is built here, offline and seeded:
 The result is a Hugging Face directory (safetensors + config + tokenizer) cached under
 `<cache_dir>/tiny-<hash of the build config>` and reused; a held-out slice of the corpus is
 saved beside it (`heldout.jsonl`) for the capability probe.
+
+The default recipe's build ships with esgrpo (`models/shipped/tiny/`, with its recipe hash and weights
+hash in build.json), so every machine starts from the same weights: floating-point kernels are chosen
+by CPU features at run time (ATen dispatches AVX-512, AVX2 or plain code), and a build on a machine
+with other features gives other weights. `esgrpo models build tiny --force` rebuilds and says whether
+the result matches the shipped weights bit for bit.
 """
 
 from __future__ import annotations
@@ -203,8 +209,45 @@ def config_hash(cfg: TinyModelConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+SHIPPED = Path(__file__).parent / "shipped" / "tiny"
+
+
 def tiny_path(cfg: TinyModelConfig, cache_dir: str | Path) -> Path:
     return Path(cache_dir) / f"tiny-{config_hash(cfg)}"
+
+
+def shipped_tiny(cfg: TinyModelConfig) -> Path | None:
+    """The shipped build if it was made from this recipe, else None."""
+    try:
+        build = json.loads((SHIPPED / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return SHIPPED if build.get("recipe_hash") == config_hash(cfg) else None
+
+
+def compare_builds(built: Path, shipped: Path) -> str:
+    """Whether two builds hold bit-identical weights; if not, by how much they differ and the CPU features
+    each was built with (the usual cause)."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(built / "model.safetensors")), load_file(str(shipped / "model.safetensors"))
+    same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if same:
+        return "the rebuilt weights equal the shipped ones bit for bit"
+    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if k in b)
+    caps = [json.loads((d / "build.json").read_text()).get("cpu_capability", "?") for d in (built, shipped)]
+    return (f"the rebuilt weights differ from the shipped ones (max |difference| {diff:.3g}); built here with CPU "
+            f"capability {caps[0]}, shipped with {caps[1]}: floating-point kernels differ between CPU features. "
+            "Runs keep using the shipped weights; this build stays in the cache for a tiny recipe other than the "
+            "default")
+
+
+def weights_sha256(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    with open(Path(model_dir) / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def build_tiny(cfg: TinyModelConfig, cache_dir: str | Path, force: bool = False, log=None) -> Path:
@@ -236,6 +279,8 @@ def build_tiny(cfg: TinyModelConfig, cache_dir: str | Path, force: bool = False,
             f.write(json.dumps(d) + "\n")
     kinds = {k: sum(d["kind"] == k for d in train_docs) / len(train_docs) for k in ("correct", "wrong", "slip")}
     write_json(tmp / "build.json", {
+        "recipe_hash": config_hash(cfg), "weights_sha256": weights_sha256(tmp),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "config": asdict(cfg), "version": BUILD_VERSION, "parameters": n_params, "vocab": len(tokenizer),
         "documents": len(train_docs), "heldout_documents": n_held, "mean_document_tokens": mean_len,
         "demonstration_mix": kinds, "loss_curve": curve, "seconds": time.time() - t0,

@@ -14,7 +14,7 @@ PAPER_TABLE3 = "ES 87.28 / 122.76 / 149.99 / 173.00 vs GRPO 1.00 / 1.15 / 1.65 /
 
 def add_sequential_section(doc: Document, data: dict[str, Any], figs: Path) -> None:
     """Append the "Sequential" section."""
-    h = data["header"]
+    h = data.get("settings") or data["header"]
     order = h["order"]
     methods = [m for m in h["methods"] if m in data["methods"] and len(data["methods"][m]["stages"]) == len(order)
                and "metrics" in data["methods"][m]]
@@ -136,7 +136,7 @@ def write_sequence_report(out: Path, data: dict[str, Any] | None = None) -> str:
     data = data or json.loads((out / "sequence.json").read_text())
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    doc = Document(f"esgrpo sequence: {data['header']['model']}")
+    doc = Document(f"esgrpo sequence: {(data.get('settings') or data['header'])['model']}")
     add_sequential_section(doc, data, figs)
     doc.write(out)
     return doc.markdown(out)

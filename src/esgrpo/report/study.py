@@ -43,14 +43,17 @@ def table1(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def budget_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["task", "method", "iterations/steps", "rollouts", "generated tokens", "train seconds",
-              "peak memory added (MiB)"]
+              "peak added by training (MiB)", "process peak (MiB)", "measurement seconds", "measurement memory (MiB)"]
     rows = []
     for task, r in results["tasks"].items():
         for m, b in r["budgets"].items():
             steps = b.get("iterations", b.get("steps"))
-            peak = "(in ES long)" if m == "es_short" else _mb(b.get("peak_memory_added_bytes"))
+            shared = m == "es_short"  # ES short is a checkpoint of ES long: its memory and measurement are ES long's
+            mem = [_mb(b.get("peak_memory_added_bytes")), _mb(b.get("peak_memory_bytes"))]
+            measure = [f"{b['measure_seconds']:.0f}" if b.get("measure_seconds") is not None else "-",
+                       _mb(b.get("measure_memory_bytes"))]
             rows.append([task, LABELS[m], str(steps), f"{b['rollouts']:,}", f"{b['tokens']:,}", f"{b['seconds']:.0f}",
-                         peak])
+                         *(["(ES long)"] * 2 if shared else mem), *(["(ES long)"] * 2 if shared else measure)])
     return header, rows
 
 
@@ -133,9 +136,15 @@ def study_document(root: Path, results: dict[str, Any], cfg: Any) -> Document:
     doc.figure(figs / "accuracy.png", "Greedy test accuracy per task: base model and each method trained on that "
                "task alone (single-task runs).")
     doc.heading("Budgets")
-    doc.para("A rollout is one generated response (the paper's forward pass). ES short is the checkpoint of ES long "
-             "at its iteration count, so its peak memory is ES long's. Peak memory is what training added on top of "
-             "the loaded model (CPU: resident-set delta; GPU: peak allocated).")
+    doc.para("What each column holds. A rollout is one generated response (the paper's forward pass). Train "
+             "seconds: wall time of the training loop only (perturb, generate, score, update / generate, score, "
+             "backward, step). Peak added by training: the process's peak during training minus its memory when "
+             "training started (the loaded model and any reference copy); process peak: the peak itself (CPU: "
+             "resident set size; GPU: peak allocated bytes). Measurement: KL tracking against a frozen copy of the "
+             "base model, which is not part of either method (GRPO with beta = 0 measures it every grpo.kl_every "
+             "steps, ES every es.kl_every iterations): its seconds and the copy's size, kept apart from training. "
+             "ES short is the checkpoint of ES long at its iteration count, so its memory and measurement are ES "
+             "long's.")
     if results["tasks"]:
         doc.table(*budget_table(results))
     doc.figure(figs / "learning_curves.png", "Training reward against rollouts (log scale): ES's mean member "

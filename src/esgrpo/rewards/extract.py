@@ -93,7 +93,10 @@ def unwrap_text(s: str) -> str:
 
 def safe_reward(fn: Callable[..., float]) -> Callable[..., float]:
     """Decorator: a reward returns exactly 1.0 or 0.0 and maps every failure (any exception,
-    non-string input, recursion or memory errors) to 0.0."""
+    non-string input, recursion or memory errors) to 0.0.
+
+    The undecorated function stays reachable as `.unchecked`: esgrpo's tasks call it, so that the one
+    scoring path (tasks.base.score_responses) can count a failure before scoring it 0."""
 
     @functools.wraps(fn)
     def wrapper(text: Any, *args: Any, **kwargs: Any) -> float:
@@ -104,4 +107,5 @@ def safe_reward(fn: Callable[..., float]) -> Callable[..., float]:
         except Exception:  # includes RecursionError and MemoryError
             return 0.0
 
+    wrapper.unchecked = fn  # type: ignore[attr-defined]
     return wrapper

@@ -1,17 +1,20 @@
-"""The four tasks of the study, by name, and one entry point to load their examples."""
+"""The four tasks of the study, by name, and the entry points that load their examples."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from esgrpo.errors import ConfigError
-from esgrpo.tasks.base import Example, Task
+from esgrpo.config.schema import TASK_NAMES
+from esgrpo.errors import ConfigError, DataSourceError
+from esgrpo.tasks.base import Example, Scores, Task, score_responses
 from esgrpo.tasks.boolq import BoolQTask
 from esgrpo.tasks.chemistry import ChemistryTask
 from esgrpo.tasks.countdown import CountdownTask
 from esgrpo.tasks.math import MathTask
 
-TASK_NAMES = ("countdown", "math", "chemistry", "boolq")
+if TYPE_CHECKING:
+    from esgrpo.config import DataConfig
+
 SOURCES = ("synthetic", "hub")
 
 _TASKS: dict[str, type[Task]] = {
@@ -20,6 +23,7 @@ _TASKS: dict[str, type[Task]] = {
     "chemistry": ChemistryTask,
     "boolq": BoolQTask,
 }
+assert set(_TASKS) == set(TASK_NAMES)
 
 
 def get_task(name: str) -> Task:
@@ -41,23 +45,47 @@ def load_examples(
     """Examples of `task` from seeded synthetic draws or the paper's dataset (hub or `path`).
 
     `n=None` means the paper's size for hub data. `seed` only affects synthetic data (the hub
-    selections are fixed by the paper's protocol); `path` only affects hub data.
+    selections are fixed by the paper's protocol); `path` only affects hub data. An empty split, or
+    fewer examples than `n`, is an error naming the source (never a silent accuracy on n = 0).
     """
     t = get_task(task)
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        raise ConfigError(f"n must be a non-negative integer, got {n!r}")
     if source == "synthetic":
         if n is None:
             raise ConfigError("synthetic data needs an explicit number of examples n")
         return t.synthetic(split, n, seed)  # type: ignore[arg-type]
-    if source == "hub":
-        if split not in ("train", "test"):
-            raise ConfigError(f"unknown split {split!r} for hub data; allowed: train, test")
-        if n is not None and (not isinstance(n, int) or n < 0):
-            raise ConfigError(f"n must be a non-negative integer, got {n!r}")
-        return t.from_hub(split, n, path)  # type: ignore[arg-type]
-    raise ConfigError(f"unknown source {source!r}; allowed: {', '.join(SOURCES)}")
+    if source != "hub":
+        raise ConfigError(f"unknown source {source!r}; allowed: {', '.join(SOURCES)}")
+    if split not in ("train", "test"):
+        raise ConfigError(f"unknown split {split!r} for hub data; allowed: train, test")
+    out = t.from_hub(split, n, path)  # type: ignore[arg-type]
+    where = path or f"the {task} hub dataset"
+    if not out and n != 0:
+        raise DataSourceError(f"{where}: the {task} {split} split is empty (the file is smaller than the "
+                              "paper's selection needs); use the full dataset or source: synthetic")
+    if n is not None and len(out) < n:
+        key = "data.n_train" if split == "train" else "data.n_test"
+        raise DataSourceError(f"{where}: the {task} {split} split has {len(out)} examples, {n} were asked for; "
+                              f"set {key} <= {len(out)}")
+    return out
 
 
-__all__ = ["SOURCES", "TASK_NAMES", "Example", "Task", "get_task", "load_examples"]
+def load_task_examples(data: DataConfig, split: str, n: int,
+                       tasks: list[str] | None = None) -> dict[str, list[Example]]:
+    """Examples per task (data.tasks by default) from the configured source."""
+    return {t: load_examples(t, data.source, split, n, seed=data.seed, path=data.data_paths.get(t))
+            for t in (tasks if tasks is not None else data.tasks)}
+
+
+def check_disjoint(task: str, train: list[Example], test: list[Example], where: str) -> None:
+    """Refuse a test split that shares questions with the train split (e.g. a single local file serving
+    both, or one too small for the paper's row ranges): accuracy on it would measure memorization."""
+    seen = {ex.question for ex in train}
+    shared = [ex for ex in test if ex.question in seen]
+    if shared:
+        raise DataSourceError(f"{where}: {len(shared)} of the {len(test)} {task} test examples also appear in the "
+                              f"train split (first: {shared[0].uid}); give train and test data that do not overlap")
 
 
 def examples_hash(examples: list[Example]) -> str:
@@ -69,3 +97,7 @@ def examples_hash(examples: list[Example]) -> str:
     for ex in examples:
         h.update(json.dumps([ex.uid, ex.question, ex.target], sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
+
+
+__all__ = ["SOURCES", "TASK_NAMES", "Example", "Scores", "Task", "check_disjoint", "examples_hash", "get_task",
+           "load_examples", "load_task_examples", "score_responses"]

@@ -14,7 +14,8 @@ from __future__ import annotations
 import random
 from typing import Any, Literal
 
-from esgrpo.rewards.boolq import boolq_reward
+from esgrpo.errors import DataSourceError
+from esgrpo.rewards.boolq import boolq_reward, gold_bool
 from esgrpo.tasks.base import DemoKind, Example, Split, Task
 from esgrpo.tasks.hub import collect_synthetic, load_rows
 from esgrpo.tasks.math import NAMES  # the same cast of people across tasks
@@ -94,10 +95,7 @@ class BoolQTask(Task):
     system_prompt = "Think step by step, then answer \\boxed{yes} or \\boxed{no}."
 
     def reward(self, text: str, example: Example) -> float:
-        try:
-            return boolq_reward(text, example.target["answer"])
-        except Exception:
-            return 0.0
+        return boolq_reward.unchecked(text, example.target["answer"])
 
     def synthetic(self, split: Split, n: int, seed: int) -> list[Example]:
         return collect_synthetic(self.name, split, n, seed, _draw)
@@ -107,14 +105,16 @@ class BoolQTask(Task):
         size = (HUB_TRAIN_SIZE if split == "train" else HUB_TEST_SIZE) if n is None else n
         ds = load_rows(HUB_ID, split=hub_split, columns=("question", "answer", "passage"), path=path)
         idx = list(range(min(size, len(ds))))
-        return [
-            Example(
-                uid=f"boolq-hub-{split}-{i}",
-                question=format_question(str(row["passage"]), str(row["question"])),
-                target={"answer": _as_bool(row["answer"])},
-            )
-            for i, row in zip(idx, ds.select(idx), strict=True)
-        ]
+        out = []
+        for i, row in zip(idx, ds.select(idx), strict=True):
+            answer = gold_bool(row["answer"])
+            if answer is None:
+                raise DataSourceError(f"{path or HUB_ID}, row {i}: answer {row['answer']!r} is not a yes/no label "
+                                      "(true/false, yes/no, 1/0)")
+            out.append(Example(uid=f"boolq-hub-{split}-{i}",
+                               question=format_question(str(row["passage"]), str(row["question"])),
+                               target={"answer": answer}))
+        return out
 
     def demonstration(self, example: Example, rng: random.Random, kind: DemoKind) -> str:
         gold = bool(example.target["answer"])
@@ -133,9 +133,3 @@ class BoolQTask(Task):
             return f"{said(gold)} Answer: {_word(gold)}"
         raise ValueError(f"unknown demonstration kind {kind!r}")
 
-
-def _as_bool(value: Any) -> bool:
-    """BoolQ's `answer` column: a bool, or 'true'/'false' text in CSV copies."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "yes", "1")
-    return bool(value)

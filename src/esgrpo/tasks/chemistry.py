@@ -19,7 +19,7 @@ import random
 import re
 from typing import Any, Literal
 
-from esgrpo.errors import ConfigError
+from esgrpo.errors import ConfigError, DataSourceError
 from esgrpo.rewards.mcq import LETTERS, mcq_reward
 from esgrpo.tasks.base import DemoKind, Example, Split, Task
 from esgrpo.tasks.hub import collect_synthetic, load_rows
@@ -101,10 +101,7 @@ class ChemistryTask(Task):
     system_prompt = 'Think step by step, then end with "answer": "X", X being the letter of the right choice.'
 
     def reward(self, text: str, example: Example) -> float:
-        try:
-            return mcq_reward(text, str(example.target["answer"]))
-        except Exception:
-            return 0.0
+        return mcq_reward.unchecked(text, str(example.target["answer"]))
 
     def synthetic(self, split: Split, n: int, seed: int) -> list[Example]:
         return collect_synthetic(self.name, split, n, seed, _draw)
@@ -138,7 +135,11 @@ class ChemistryTask(Task):
         for i, row in zip(idx, pool.select(idx), strict=True):
             texts = [str(t) for t in row["choices"]["text"]]
             labels = [str(label) for label in row["choices"].get("label") or LETTERS[: len(texts)]]
-            target = {"answer": str(row["answerKey"]).strip(), "choices": texts}
+            answer = str(row["answerKey"]).strip().upper()
+            if answer not in labels or answer not in LETTERS:
+                raise DataSourceError(f"{path or HUB_ID}: the row with question {str(row['question'])[:60]!r} has "
+                                      f"answerKey {row['answerKey']!r}, not one of the choice letters {labels}")
+            target = {"answer": answer, "choices": texts}
             question = format_question(str(row["question"]), texts, labels)
             out.append(Example(uid=f"chemistry-hub-{split}-{i}", question=question, target=target))
         return out

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
+from esgrpo.errors import DataSourceError
 from esgrpo.rewards.countdown import countdown_reward
 from esgrpo.tasks.base import DemoKind, Example, Split, Task
 from esgrpo.tasks.hub import collect_synthetic, load_rows
@@ -167,30 +168,38 @@ class CountdownTask(Task):
     system_prompt = "Think step by step, then give \\boxed{expr} using each number once to reach the target."
 
     def reward(self, text: str, example: Example) -> float:
-        try:
-            return countdown_reward(text, example.target["nums"], example.target["target"])
-        except Exception:
-            return 0.0
+        return countdown_reward.unchecked(text, example.target["nums"], example.target["target"])
 
     def synthetic(self, split: Split, n: int, seed: int) -> list[Example]:
         return collect_synthetic(self.name, split, n, seed, _draw)
 
     def from_hub(self, split: Literal["train", "test"], n: int | None, path: str | None) -> list[Example]:
         ds = load_rows(HUB_ID, split="train", columns=("target", "nums"), path=path)
+        where = path or HUB_ID
         total = len(ds)
+        train_size = HUB_TRAIN_SIZE if (split == "test" or n is None) else n
         if split == "train":
-            start, size = 0, HUB_TRAIN_SIZE if n is None else n
+            start, size = 0, train_size
         else:
             size = HUB_TEST_SIZE if n is None else n
             start = max(0, total - max(size, HUB_TEST_SIZE))
+            if start < HUB_TRAIN_SIZE and total > 0:
+                raise DataSourceError(
+                    f"{where} has {total} rows: the test rows (the last {max(size, HUB_TEST_SIZE)}) would overlap "
+                    f"the train rows (the first {HUB_TRAIN_SIZE}); use a file of at least "
+                    f"{HUB_TRAIN_SIZE + max(size, HUB_TEST_SIZE)} rows (the full dataset has ~490k)")
         idx = list(range(start, min(total, start + size)))
         out = []
         for i, row in zip(idx, ds.select(idx), strict=True):
-            nums = row["nums"]
-            if isinstance(nums, str):  # CSV copies store the list as text
-                nums = json.loads(nums)
-            nums = [int(x) for x in nums]
-            target = int(row["target"])
+            try:
+                nums = row["nums"]
+                if isinstance(nums, str):  # CSV copies store the list as text
+                    nums = json.loads(nums)
+                nums = [_as_int(x) for x in nums]
+                target = _as_int(row["target"])
+            except (TypeError, ValueError) as e:
+                raise DataSourceError(f"{where}, row {i}: nums {row['nums']!r} / target {row['target']!r} are "
+                                      f"not integers ({e})") from None
             out.append(
                 Example(
                     uid=f"countdown-hub-{split}-{i}",
@@ -234,3 +243,16 @@ def _wrong_tree(nums: list[int], target: int, rng: random.Random) -> Node:
         if node.value != target:
             return node
     raise ValueError(f"every expression over {nums} equals {target}")
+
+
+def _as_int(x: Any) -> int:
+    """An integer from a JSON/CSV cell: ints, integral floats and digit strings; anything else is an error."""
+    if isinstance(x, bool):
+        raise ValueError(f"{x!r} is a boolean")
+    if isinstance(x, int):
+        return x
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    if isinstance(x, str) and x.strip().lstrip("-").isdigit():
+        return int(x.strip())
+    raise ValueError(f"{x!r} is not an integer")

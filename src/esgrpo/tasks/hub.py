@@ -18,7 +18,7 @@ from esgrpo.tasks.base import Example
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _SAVE_TO_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-_HINT = "use `source: synthetic`, or download the data and set a local `data_path`"
+_HINT = "use `data.source: synthetic`, or download the data and name the local copy in `data.data_paths`"
 
 
 def _pick_split(obj: Any, split: str, where: str) -> Any:
@@ -120,29 +120,43 @@ def split_of(task: str, key: str) -> str:
     return next(name for limit, name in _SPLIT_THRESHOLDS if bucket < limit)
 
 
-def collect_synthetic(task: str, split: str, n: int, seed: int, draw: Draw) -> list[Example]:
-    """Draw candidates from random.Random(seed) until `n` distinct ones fall in `split`."""
+# A split is exhausted when this many draws in a row bring no new instance of it.
+STALL_DRAWS = 50_000
+
+
+def collect_synthetic(task: str, split: str, n: int, seed: int, draw: Draw,
+                      capacity: dict[str, int] | None = None) -> list[Example]:
+    """Draw candidates from random.Random(seed) until `n` distinct ones fall in `split`.
+
+    `capacity`: about how many distinct instances each split holds (measured once per generator); a
+    larger `n` is refused before any drawing. Should a pool still run dry, STALL_DRAWS draws in a row
+    without a new instance stop the search with the same error instead of drawing forever.
+    """
     if split not in SYNTHETIC_SPLITS:
         raise ConfigError(
             f"unknown split {split!r} for synthetic {task}; allowed: {', '.join(SYNTHETIC_SPLITS)}"
         )
     if not isinstance(n, int) or n < 0:
         raise ConfigError(f"n must be a non-negative integer, got {n!r}")
+    if capacity is not None and n > capacity[split]:
+        raise ConfigError(f"synthetic {task} has about {capacity[split]:,} distinct {split} instances; "
+                          f"{n:,} were asked for: use n <= {capacity[split]:,}")
     rng = random.Random(seed)
     seen: set[str] = set()
     out: list[Example] = []
-    max_draws = 1000 + 100 * n
-    for _ in range(max_draws):
-        if len(out) >= n:
-            break
+    since_new = 0
+    while len(out) < n:
         key, question, target = draw(rng)
         if key in seen:
-            continue
-        seen.add(key)
-        if split_of(task, key) == split:
-            out.append(Example(uid=f"{task}-{_digest(task, key)[:16]}", question=question, target=target))
-    if len(out) < n:
-        raise ConfigError(
-            f"synthetic {task} has too few distinct {split} instances for n={n}; use a smaller n"
-        )
+            since_new += 1
+        else:
+            seen.add(key)
+            if split_of(task, key) == split:
+                out.append(Example(uid=f"{task}-{_digest(task, key)[:16]}", question=question, target=target))
+                since_new = 0
+            else:
+                since_new += 1
+        if since_new >= STALL_DRAWS:
+            raise ConfigError(f"synthetic {task} ran out of distinct {split} instances at {len(out):,} "
+                              f"(asked for {n:,}); use a smaller n")
     return out

@@ -137,10 +137,7 @@ class MathTask(Task):
     system_prompt = "Think step by step, then put the final answer in \\boxed{}."
 
     def reward(self, text: str, example: Example) -> float:
-        try:
-            return math_reward(text, str(example.target["answer"]))
-        except Exception:
-            return 0.0
+        return math_reward.unchecked(text, str(example.target["answer"]))
 
     def synthetic(self, split: Split, n: int, seed: int) -> list[Example]:
         return collect_synthetic(self.name, split, n, seed, _draw)

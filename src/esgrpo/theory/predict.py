@@ -1,4 +1,4 @@
-"""Closed-form predictions of the signal + diffusion theory of ES (paper.md, "The theory").
+"""Closed-form predictions of the signal + diffusion theory of ES (Hoy, Wang, Pan, arXiv 2604.01499).
 
 Conventions. The project's ES step (train/es.py), with eps_n ~ N(0, I_d), F_n = J(theta + sigma eps_n),
 z_n = (F_n - mean F) / (std F + 1e-8) (population std, so sum_n z_n^2 = N):

@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from esgrpo.analysis.connectivity import CheckpointTensors
+from esgrpo.checkpoints import CheckpointTensors
 from esgrpo.runs import read_jsonl
 from esgrpo.train.noise import tensor_noise
 
@@ -54,6 +55,18 @@ def _r2(xs: list[float], ys: list[float]) -> float:
     return 1.0 if syy == 0 else (sxy * sxy / (sxx * syy) if sxx > 0 else float("nan"))
 
 
+@dataclass
+class _Walk:
+    """What replaying a walk tensor by tensor accumulates."""
+
+    sq_total: list[float]  # ||delta_t||^2 summed over tensors, per iteration
+    aligned: list[float]  # per-iteration step projected on the unit direction (None-direction: zeros)
+    per_tensor: dict[str, dict[str, Any]] = field(default_factory=dict)
+    d: int = 0
+    mismatch_sq: float = 0.0  # ||checkpoint delta - replayed delta||^2
+    final_sq: float = 0.0  # ||checkpoint delta||^2
+
+
 def walk_drift(run_dir: str | Path, alpha: float, population: int, direction: str | Path | None = None,
                direction_base: str | Path | None = None) -> dict[str, Any]:
     """Replay an ES run's walk from its log: measured vs predicted drift per iteration, per tensor.
@@ -63,56 +76,73 @@ def walk_drift(run_dir: str | Path, alpha: float, population: int, direction: st
     projection on the unit vector (direction - direction_base) is tracked per iteration.
     """
     run_dir = Path(run_dir)
+    # 1. The walk: per iteration, the coefficient of every seed's noise (from the update log).
     coefs = seed_coefficients(run_dir / "updates.jsonl")
+    # 2. Replay it tensor by tensor against the run's base and final checkpoints.
+    walk = _replay_walk(run_dir / "checkpoints" / "step-000000", run_dir / "checkpoints" / "final", coefs,
+                        direction, direction_base)
+    # 3. Set the measured drift beside the predictions.
+    return _against_predictions(walk, coefs, alpha, population, tracked=direction is not None)
+
+
+def _replay_walk(base_dir: Path, final_dir: Path, coefs: list[dict[int, float]], direction: str | Path | None,
+                 direction_base: str | Path | None) -> _Walk:
     T = len(coefs)
-    base_dir, final_dir = run_dir / "checkpoints" / "step-000000", run_dir / "checkpoints" / "final"
-    sumsq_coef = [sum(a * a for a in c.values()) for c in coefs]
-    cum_coef = [sum(sumsq_coef[:t + 1]) for t in range(T)]
-    sq_total = [0.0] * T
-    aligned = [0.0] * T
-    per_tensor: dict[str, dict[str, Any]] = {}
-    d = 0
-    mismatch_sq, final_sq = 0.0, 0.0
+    cum_last = sum(a * a for c in coefs for a in c.values())
+    walk = _Walk(sq_total=[0.0] * T, aligned=[0.0] * T)
     with ExitStack() as stack:
         base = stack.enter_context(CheckpointTensors(base_dir))
         final = stack.enter_context(CheckpointTensors(final_dir))
-        names = [n for n in base.names() if base.get([n]).is_floating_point()]
-        other = other_base = None
-        u_norm = 0.0
+        names = [n for n in base.names() if base.get(n).is_floating_point()]
+        unit = None
         if direction is not None:
-            other = stack.enter_context(CheckpointTensors(direction))
-            other_base = stack.enter_context(CheckpointTensors(direction_base or base_dir))
-            u_norm = math.sqrt(sum(float((other.get([n]).double() - other_base.get([n]).double()).pow(2).sum())
-                                   for n in names))
+            unit = _UnitDirection(stack.enter_context(CheckpointTensors(direction)),
+                                  stack.enter_context(CheckpointTensors(direction_base or base_dir)), names)
         for name in names:
-            b = base.get([name]).float()
-            numel = b.numel()
-            d += numel
-            u = None
-            if other is not None and other_base is not None and u_norm > 0:
-                u = (other.get([name]).double() - other_base.get([name]).double()) / u_norm
+            b = base.get(name).float()
+            walk.d += b.numel()
+            u = unit.tensor(name) if unit is not None else None
             delta = torch.zeros_like(b)
-            sq = []
             for t, per_seed in enumerate(coefs):
                 step = torch.zeros_like(b)
                 for seed, a in per_seed.items():
                     if a != 0.0:
                         step.add_(tensor_noise(seed, name, b.shape), alpha=a)
                 delta.add_(step)
-                s = float(delta.double().pow(2).sum())
-                sq.append(s)
-                sq_total[t] += s
+                walk.sq_total[t] += float(delta.double().pow(2).sum())
                 if u is not None:
-                    aligned[t] += float((step.double() * u).sum())
-            measured_delta = final.get([name]).float() - b
-            mismatch_sq += float((measured_delta.double() - delta.double()).pow(2).sum())
-            final_sq += float(measured_delta.double().pow(2).sum())
-            pred = numel * cum_coef[-1] if T else 0.0
-            per_tensor[name] = {"numel": numel, "ndim": b.dim(), "measured_sq": sq[-1] if sq else 0.0,
-                                "predicted_sq": pred, "ratio": (sq[-1] / pred) if pred else float("nan")}
-    for t in range(1, len(aligned)):
-        aligned[t] += aligned[t - 1]
-    matrices = [v for v in per_tensor.values() if v["ndim"] == 2 and v["predicted_sq"] > 0]
+                    walk.aligned[t] += float((step.double() * u).sum())
+            measured = final.get(name).float() - b
+            walk.mismatch_sq += float((measured.double() - delta.double()).pow(2).sum())
+            walk.final_sq += float(measured.double().pow(2).sum())
+            sq, pred = float(delta.double().pow(2).sum()), b.numel() * cum_last
+            walk.per_tensor[name] = {"numel": b.numel(), "ndim": b.dim(), "measured_sq": sq if T else 0.0,
+                                     "predicted_sq": pred, "ratio": (sq / pred) if pred else float("nan")}
+    for t in range(1, T):
+        walk.aligned[t] += walk.aligned[t - 1]
+    return walk
+
+
+class _UnitDirection:
+    """(direction - direction_base) / its norm, tensor by tensor."""
+
+    def __init__(self, other: CheckpointTensors, other_base: CheckpointTensors, names: list[str]) -> None:
+        self.other, self.other_base = other, other_base
+        self.norm = math.sqrt(sum(float((other.get(n).double() - other_base.get(n).double()).pow(2).sum())
+                                  for n in names))
+
+    def tensor(self, name: str) -> torch.Tensor | None:
+        if self.norm == 0:
+            return None
+        return (self.other.get(name).double() - self.other_base.get(name).double()) / self.norm
+
+
+def _against_predictions(walk: _Walk, coefs: list[dict[int, float]], alpha: float, population: int,
+                         tracked: bool) -> dict[str, Any]:
+    T, d, sq_total = len(coefs), walk.d, walk.sq_total
+    sumsq_coef = [sum(a * a for a in c.values()) for c in coefs]
+    cum_coef = [sum(sumsq_coef[:t + 1]) for t in range(T)]
+    matrices = [v for v in walk.per_tensor.values() if v["ndim"] == 2 and v["predicted_sq"] > 0]
     ok = [abs(v["ratio"] - 1) <= max(0.1, 3 * math.sqrt(2 / v["numel"])) for v in matrices]
     iters = list(range(1, T + 1))
     return {
@@ -128,13 +158,12 @@ def walk_drift(run_dir: str | Path, alpha: float, population: int, direction: st
         "random_walk_fraction": sum(ok) / len(ok) if ok else float("nan"),
         "random_walk_rule": "matrices with |measured/predicted squared drift - 1| <= max(0.1, 3 sqrt(2/numel))",
         "n_matrices": len(ok),
-        "decomposition_rel_error": math.sqrt(mismatch_sq / final_sq) if final_sq else 0.0,
-        "aligned": aligned if direction is not None else None,
-        "aligned_cosine": (aligned[-1] / math.sqrt(sq_total[-1])) if direction is not None and T and sq_total[-1]
-        else None,
+        "decomposition_rel_error": math.sqrt(walk.mismatch_sq / walk.final_sq) if walk.final_sq else 0.0,
+        "aligned": walk.aligned if tracked else None,
+        "aligned_cosine": (walk.aligned[-1] / math.sqrt(sq_total[-1])) if tracked and T and sq_total[-1] else None,
         "zero_update_iterations": sum(1 for s in sumsq_coef if s == 0.0),
         "cum_coef_sq": cum_coef,
-        "per_tensor": per_tensor,
+        "per_tensor": walk.per_tensor,
     }
 
 

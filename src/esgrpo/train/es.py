@@ -7,18 +7,22 @@ One iteration t (read `train_es` top to bottom):
     4. theta <- theta + (alpha / N) * sum_n z_n * eps_n     (1/sigma folded into alpha);
     5. log fitness, cost and the update (seeds + coefficients) to the run directory.
 
-Unlike the public implementations, noise is independent per tensor and restoring is bit-exact
-(noise.py). The update is accumulated in float32 per tensor and rounded once, by `apply_update`,
-which `replay` also uses: the final weights can be rebuilt bit-exactly from the base checkpoint
-and updates.jsonl (a few KB per iteration instead of a checkpoint). Everything random derives
-from (cfg.seed, iteration), so a resumed run ends with exactly the weights of an uninterrupted one.
+Unlike the public implementations (arXiv 2604.01499, whose known defects are listed in the README),
+noise is independent per tensor and restoring is bit-exact (noise.py). The update is accumulated in
+float32 per tensor and rounded once, by `apply_update`, which `replay` also uses: the final weights
+can be rebuilt bit-exactly from the base checkpoint and updates.jsonl (a few KB per iteration instead
+of a checkpoint). Everything random derives from (cfg.seed, iteration), so a resumed run ends with
+exactly the weights of an uninterrupted one.
 
-Files written into the run directory:
+A run stops with an error the moment an update is not finite or larger than the weights
+themselves (a step size far too large), instead of training on ruined weights.
+
+Files written into the run directory (every metric is listed in the README's metrics table):
     metrics.jsonl    one row per iteration (fitness stats, cost, phase times, update norm, KL)
     updates.jsonl    one row per iteration: seeds, signs, coefficients, fitness, sigma, alpha
     checkpoints/     step-000000 (the base, for replay and weight analyses), every
                      checkpoint_every iterations, and final; each with trainer_state.json
-    results.json     totals, final fitness, peak memory
+    results.json     totals, final fitness, peak memory (training and measurement apart)
 """
 
 from __future__ import annotations
@@ -28,76 +32,36 @@ import dataclasses
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
-from esgrpo.config import NON_NEGATIVE, POSITIVE, PROBABILITY, F, validate
+from esgrpo.checkpoints import load_resumable, load_weights, same_weights, save_checkpoint, step_name, truncate_jsonl
+from esgrpo.config import ESConfig, from_dict, identity, identity_changes, validate
 from esgrpo.errors import ConfigError, EsgrpoError
-from esgrpo.memory import process_peak_bytes, sync
+from esgrpo.memory import PeakMemory, sync, tensor_bytes
 from esgrpo.models.policy import Policy
 from esgrpo.progress import Progress
 from esgrpo.runs import RunDir, read_jsonl
 from esgrpo.tasks.base import Example, Task
 from esgrpo.train.budget import Budget
-from esgrpo.train.checkpoint import load_weights, resume_point, save_checkpoint, step_name, truncate_jsonl
 from esgrpo.train.kl import kl_to_reference
 from esgrpo.train.noise import derive_seed, tensor_noise
 from esgrpo.train.population import Batch, Member, PopulationEvaluator, SequentialEvaluator, TaskScorer
 
-
-@dataclass
-class ESConfig:
-    """Evolution Strategies (the paper's ES; per-tensor noise, exact restore)."""
-
-    population: int = F(30, "Population size N: noise seeds per iteration (the paper: 30).", POSITIVE)
-    sigma: float = F(0.0015, "Noise scale sigma of the weight perturbations (the paper: 0.0015).",
-                     NON_NEGATIVE)
-    alpha: float = F(7.5e-4, "Step size alpha: theta += alpha/N * sum_n z_n eps_n, 1/sigma folded in "
-                     "(the paper: 7.5e-4 = sigma/2).", NON_NEGATIVE)
-    iterations: int = F(100, "Iterations to run (the paper: 100 or 300; 0 = no limit, then max_rollouts "
-                        "must be set).", NON_NEGATIVE)
-    max_rollouts: int = F(0, "Stop before an iteration would exceed this many rollouts (0 = no limit).",
-                          NON_NEGATIVE)
-    batch_size: int = F(0, "Prompts per iteration, drawn anew each iteration from a seeded generator "
-                        "(0 = all training examples, as the paper).", NON_NEGATIVE)
-    decoding: Literal["greedy", "sample"] = F("greedy", "Decoding while scoring members: greedy (Qiu et al.) "
-                                              "or sample (the paper's public code; temperature, top_p).")
-    temperature: float = F(1.0, "Sampling temperature (decoding=sample).", POSITIVE)
-    top_p: float = F(0.95, "Nucleus mass (decoding=sample).", PROBABILITY)
-    max_new_tokens: int = F(48, "Maximum generated tokens per response (the paper: 1024).", POSITIVE)
-    gen_batch_size: int = F(64, "Prompts per generation micro-batch (memory only; responses do not depend "
-                            "on it).", POSITIVE)
-    antithetic: bool = F(False, "Mirrored sampling: score every seed at +eps and -eps (2N members, z-scored "
-                         "together). Not in the paper.")
-    kl_every: int = F(0, "Measure KL(policy || base) on sampled responses every k iterations (0 = off).",
-                      NON_NEGATIVE)
-    kl_prompts: int = F(32, "Training prompts used for the KL measurement.", POSITIVE)
-    checkpoint_every: int = F(25, "Save a checkpoint every k iterations (0 = only the final one).",
-                              NON_NEGATIVE)
-    save_base: bool = F(True, "Save the starting weights as checkpoints/step-000000 (replay and weight "
-                        "analyses need them).")
-    seed: int = F(0, "Seed of the noise seeds, prompt batches and sampling seeds (derived per iteration); "
-                  "give each stage of a task sequence its own seed, or stages reuse the same noise.")
-
-    def check(self) -> None:
-        if not self.iterations and not self.max_rollouts:
-            raise ConfigError("es: set iterations or max_rollouts (both are 0, the run would never stop)")
-        if self.members_per_iteration < 2:
-            raise ConfigError("es.population must be >= 2 (or use es.antithetic=true): z-scores of one "
-                              "member are all 0")
-
-    @property
-    def members_per_iteration(self) -> int:
-        return self.population * (2 if self.antithetic else 1)
+__all__ = ["ESConfig", "apply_update", "draw_batch", "draw_members", "replay", "replay_run", "train_es", "zscore"]
 
 
-# Fields that may change when resuming without changing the weights the run produces.
-RESUMABLE_CHANGES = {"iterations", "max_rollouts", "checkpoint_every", "kl_every", "kl_prompts", "save_base"}
+def check_inputs(cfg: ESConfig, examples: list[Example]) -> None:
+    """What a run needs of its config and data, checked before anything is written."""
+    validate(cfg, "es.")
+    if not examples:
+        raise EsgrpoError("ES needs at least one training example")
+    if cfg.batch_size > len(examples):
+        raise ConfigError(f"es.batch_size = {cfg.batch_size} exceeds the {len(examples)} training examples "
+                          "(data.n_train)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,13 +136,10 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
     tracking (default: a copy of `policy` taken before any resume). evaluator: a population backend
     (default: SequentialEvaluator on this process's policy).
     """
-    validate(cfg, "es.")
-    if not examples:
-        raise EsgrpoError("ES needs at least one training example")
-    if cfg.batch_size > len(examples):
-        raise ConfigError(f"es.batch_size = {cfg.batch_size} exceeds the {len(examples)} training examples")
+    check_inputs(cfg, examples)
+    run.path.mkdir(parents=True, exist_ok=True)
     params = policy.named_parameters()
-    ref = _reference_model(policy, ref_model) if cfg.kl_every else None
+    ref = _reference_model(policy, ref_model) if cfg.kl_every else None  # a measurement, not training
     budget = Budget(max_steps=cfg.iterations, max_rollouts=cfg.max_rollouts)
     start = _resume(policy, run, cfg, budget) if resume else 0
     for name in ("metrics.jsonl", "updates.jsonl"):  # rows a crash left past the checkpoint are redone
@@ -194,46 +155,52 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
     per_iteration = cfg.members_per_iteration * (cfg.batch_size or len(examples))
     progress = Progress(f"es {task.name}", budget.planned_steps(per_iteration) - start)
     last_fitness: list[float] | None = None
+    weight_norm = _norm(params)
 
-    while not budget.stop(per_iteration):
-        it = budget.steps + 1
-        t0 = time.perf_counter()
+    with PeakMemory(policy.device) as mem:  # after the reference copy: that one is measurement
+        while not budget.stop(per_iteration):
+            it = budget.steps + 1
+            t0 = time.perf_counter()
 
-        # 1. Noise seeds and prompts of this iteration (deterministic in (cfg.seed, it): resumable).
-        members = draw_members(cfg, it)
-        batch = draw_batch(cfg, it, examples, prompt_ids)
+            # 1. Noise seeds and prompts of this iteration (deterministic in (cfg.seed, it): resumable).
+            members = draw_members(cfg, it)
+            batch = draw_batch(cfg, it, examples, prompt_ids)
 
-        # 2. Perturb, score and restore each member, all on the same prompts and sampling seeds.
-        pop = evaluator.evaluate(members, batch)
+            # 2. Perturb, score and restore each member, all on the same prompts and sampling seeds.
+            pop = evaluator.evaluate(members, batch)
 
-        # 3. Fitness shaping: z-scores over the whole population (antithetic pairs included).
-        z = zscore(pop.fitness)
+            # 3. Fitness shaping: z-scores over the whole population (antithetic pairs included).
+            z = zscore(pop.fitness)
 
-        # 4. Update: theta += (alpha / N) * sum_n z_n * sign_n * eps_n.
-        t_update = time.perf_counter()
-        coefs = [cfg.alpha / len(members) * zn for zn in z]
-        update_norm = apply_update(params, members, coefs)
-        sync(policy.device)
-        t_update = time.perf_counter() - t_update
-        budget.spend(pop.rollouts, pop.tokens, time.perf_counter() - t0)
+            # 4. Update: theta += (alpha / N) * sum_n z_n * sign_n * eps_n; stop on a ruinous one.
+            t_update = time.perf_counter()
+            coefs = [cfg.alpha / len(members) * zn for zn in z]
+            update_norm = apply_update(params, members, coefs)
+            sync(policy.device)
+            t_update = time.perf_counter() - t_update
+            _check_update(update_norm, weight_norm, it, cfg, run)
+            budget.spend(pop.rollouts, pop.tokens, time.perf_counter() - t0)
 
-        # 5. Log: the update (enough to replay it exactly), then the metrics.
-        run.log({"iteration": it, "seeds": [s for s, _ in members], "signs": [g for _, g in members],
-                 "coefs": coefs, "fitness": pop.fitness, "sigma": cfg.sigma, "alpha": cfg.alpha,
-                 "indices": batch.indices}, file="updates.jsonl")
-        row = {"iteration": it, **_stats(pop.fitness), "rollouts": budget.rollouts, "tokens": budget.tokens,
-               "seconds": budget.seconds, "iteration_seconds": time.perf_counter() - t0,
-               **{f"t_{k}": v for k, v in pop.seconds.items()}, "t_update": t_update,
-               "reward_errors": pop.reward_errors, "update_norm": update_norm}
-        if cfg.kl_every and it % cfg.kl_every == 0:
-            row["kl"] = _measure_kl(policy, ref, cfg, it, prompt_ids)
-        run.log(row)
-        last_fitness = pop.fitness
-        progress.update(it - start, reward=row["reward_mean"], norm=update_norm,
-                        rollouts=budget.rollouts, **({"kl": row["kl"]} if "kl" in row else {}))
+            # 5. Log: the update (enough to replay it exactly), then the metrics (KL: a measurement,
+            #    its time is not training time).
+            run.log({"iteration": it, "seeds": [s for s, _ in members], "signs": [g for _, g in members],
+                     "coefs": coefs, "fitness": pop.fitness, "sigma": cfg.sigma, "alpha": cfg.alpha,
+                     "indices": batch.indices}, file="updates.jsonl")
+            row = {"iteration": it, **_stats(pop.fitness), "rollouts": budget.rollouts, "tokens": budget.tokens,
+                   "seconds": budget.seconds, "iteration_seconds": time.perf_counter() - t0,
+                   **{f"t_{k}": v for k, v in pop.seconds.items()}, "t_update": t_update,
+                   "reward_errors": pop.reward_errors, "update_norm": update_norm}
+            if cfg.kl_every and it % cfg.kl_every == 0:
+                t_kl = time.perf_counter()
+                row["kl"] = _measure_kl(policy, ref, cfg, it, prompt_ids)
+                row["t_measure"] = time.perf_counter() - t_kl
+            run.log(row)
+            last_fitness = pop.fitness
+            progress.update(it - start, reward=row["reward_mean"], norm=update_norm,
+                            rollouts=budget.rollouts, **({"kl": row["kl"]} if "kl" in row else {}))
 
-        if cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
-            save_checkpoint(policy, run.path, step_name(it), _state(it, budget, cfg))
+            if cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
+                save_checkpoint(policy, run.path, step_name(it), _state(it, budget, cfg))
 
     final = save_checkpoint(policy, run.path, "final", _state(budget.steps, budget, cfg))
     if last_fitness is None:  # nothing left to do after a resume: report the last logged iteration
@@ -245,9 +212,12 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
         "rollouts": budget.rollouts,
         "tokens": budget.tokens,
         "seconds": budget.seconds,
+        "measure_seconds": sum(r.get("t_measure", 0.0) for r in run.metrics()),
         "final_fitness": _stats(last_fitness) if last_fitness else None,
         "reward_errors": sum(r.get("reward_errors", 0) for r in run.metrics()),
-        "peak_memory_bytes": process_peak_bytes(policy.device)[0],
+        **mem.report(),
+        "model_bytes": tensor_bytes(params),
+        "measure_memory_bytes": tensor_bytes(ref.parameters()) if ref is not None and ref_model is None else 0,
         "parameters": policy.num_parameters(),
         "final_checkpoint": str(final),
         "updates": str(run.path / "updates.jsonl"),
@@ -259,6 +229,19 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
 
 # ----------------------------------------------------------------------------------------------
 # Helpers of the trainer
+
+
+def _norm(params: list[tuple[str, Tensor]]) -> float:
+    return math.sqrt(sum(float(torch.linalg.vector_norm(p.detach().float())) ** 2 for _, p in params))
+
+
+def _check_update(update_norm: float, weight_norm: float, it: int, cfg: ESConfig, run: RunDir) -> None:
+    """Stop before a non-finite update, or one larger than the weights themselves, is logged or saved."""
+    if math.isfinite(update_norm) and update_norm <= weight_norm:
+        return
+    raise EsgrpoError(f"es iteration {it}: the update has norm {update_norm:.3g} against weights of norm "
+                      f"{weight_norm:.3g}, which would ruin the model: es.alpha = {cfg.alpha:g} (with es.sigma = "
+                      f"{cfg.sigma:g}) is far too large. {run.path} keeps the last good checkpoint")
 
 
 def _state(iteration: int, budget: Budget, cfg: ESConfig) -> dict[str, Any]:
@@ -296,29 +279,54 @@ def _measure_kl(policy: Policy, ref: torch.nn.Module | None, cfg: ESConfig, iter
 
 
 def _resume(policy: Policy, run: RunDir, cfg: ESConfig, budget: Budget) -> int:
-    """Load the latest checkpoint into `policy` and `budget`; returns the iterations already done."""
-    point = resume_point(run.path, "iteration")
-    if point is None:
-        print(f"[es] no checkpoint in {run.path}; starting from the beginning", file=sys.stderr, flush=True)
+    """Load the furthest usable checkpoint into `policy` and `budget`; returns the iterations already done.
+
+    Only run-control fields (iterations, max_rollouts, checkpoint and KL frequencies) may differ from the
+    checkpoint's config: extending a run continues the same seeded walk, so it ends with exactly the
+    weights of an uninterrupted longer run."""
+
+    def load(ckpt: Path, state: dict[str, Any]) -> None:
+        changed = identity_changes(identity(from_dict(ESConfig, state["config"])), identity(cfg))
+        if changed:
+            raise ConfigError(f"cannot resume {run.path}: the es settings changed ({'; '.join(changed)}); only "
+                              "es.iterations, es.max_rollouts, checkpoint and KL frequencies may change")
+        load_weights(policy, ckpt)
+
+    def log(msg: str) -> None:
+        print(f"[es] {msg}", file=sys.stderr, flush=True)
+
+    found = load_resumable(run.path, "iteration", load, log=log)
+    if found is None:
+        log(f"no usable checkpoint in {run.path}; starting from the beginning")
         return 0
-    ckpt, state = point
-    old = state.get("config", {})
-    changed = sorted(k for k, v in dataclasses.asdict(cfg).items()
-                     if k not in RESUMABLE_CHANGES and k in old and old[k] != v)
-    if changed:
-        raise ConfigError(f"cannot resume {run.path}: es config changed in {', '.join(changed)} "
-                          f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)")
-    load_weights(policy, ckpt)
+    ckpt, state = found
     saved = Budget.from_dict(state["budget"])
     budget.steps, budget.rollouts, budget.tokens, budget.seconds = (saved.steps, saved.rollouts, saved.tokens,
                                                                     saved.seconds)
-    print(f"[es] resuming {run.path} from {ckpt.name} (iteration {state['iteration']})", file=sys.stderr,
-          flush=True)
+    log(f"resuming {run.path} from {ckpt.name} (iteration {state['iteration']})")
     return int(state["iteration"])
 
 
 # ----------------------------------------------------------------------------------------------
 # Replay: rebuild the weights from the base checkpoint and the update log
+
+
+UPDATE_KEYS = ("iteration", "seeds", "signs", "coefs")
+
+
+def read_updates(updates_jsonl: str | Path) -> list[dict[str, Any]]:
+    """The rows of an update log, checked: iterations 1, 2, ... and the keys replay needs."""
+    rows = read_jsonl(Path(updates_jsonl))
+    for i, row in enumerate(rows, start=1):
+        missing = [k for k in UPDATE_KEYS if k not in row]
+        if missing:
+            raise EsgrpoError(f"{updates_jsonl}, line {i}: missing {', '.join(missing)}; the log is damaged")
+        if row["iteration"] != i:
+            raise EsgrpoError(f"{updates_jsonl}, line {i}: iteration {row['iteration']}, expected {i}; the log is "
+                              "damaged")
+        if not len(row["seeds"]) == len(row["signs"]) == len(row["coefs"]):
+            raise EsgrpoError(f"{updates_jsonl}, line {i}: seeds, signs and coefs differ in length")
+    return rows
 
 
 def replay(base_checkpoint_dir: str | Path, updates_jsonl: str | Path, out_dir: str | Path | None = None,
@@ -331,11 +339,10 @@ def replay(base_checkpoint_dir: str | Path, updates_jsonl: str | Path, out_dir: 
     """
     from esgrpo.models.hub import load_hf
 
-    rows = read_jsonl(Path(updates_jsonl))
-    if [r["iteration"] for r in rows] != list(range(1, len(rows) + 1)):
-        raise EsgrpoError(f"{updates_jsonl}: iterations are not 1, 2, ... in order; the log is damaged")
-    if upto is not None and upto > len(rows):
-        raise EsgrpoError(f"{updates_jsonl} holds {len(rows)} iterations; cannot replay up to {upto}")
+    rows = read_updates(updates_jsonl)
+    if upto is not None and not 0 <= upto <= len(rows):
+        raise EsgrpoError(f"{updates_jsonl} holds {len(rows)} iterations; cannot replay up to {upto} "
+                          f"(use 0..{len(rows)})")
     model, tokenizer = load_hf(str(base_checkpoint_dir), dtype="auto", device=device)
     policy = Policy(model, tokenizer, name="replay")
     params = policy.named_parameters()
@@ -346,17 +353,6 @@ def replay(base_checkpoint_dir: str | Path, updates_jsonl: str | Path, out_dir: 
     return policy
 
 
-def same_weights(a: str | Path, b: str | Path) -> bool:
-    """True if two checkpoint directories hold bit-identical tensors under the same names."""
-    sa: dict[str, Tensor] = {}
-    sb: dict[str, Tensor] = {}
-    for d, s in ((a, sa), (b, sb)):
-        for f in sorted(Path(d).glob("*.safetensors")):
-            s.update(load_file(str(f)))
-    return sa.keys() == sb.keys() and all(sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k])
-                                          for k in sa)
-
-
 def replay_run(run_dir: str | Path, out_dir: str | Path | None = None, upto: int | None = None,
                base: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """`esgrpo replay RUN_DIR`: rebuild a run's weights from step-000000 + updates.jsonl.
@@ -365,15 +361,20 @@ def replay_run(run_dir: str | Path, out_dir: str | Path | None = None, upto: int
     against checkpoints/final. Returns {"out", "iterations", "matches_final"} (None if not checked).
     """
     run_dir = Path(run_dir)
-    base = Path(base) if base is not None else run_dir / "checkpoints" / step_name(0)
+    if not run_dir.is_dir():
+        raise EsgrpoError(f"run directory {run_dir} does not exist")
     updates = run_dir / "updates.jsonl"
-    if not base.exists():
-        raise EsgrpoError(f"base checkpoint {base} not found (trained with es.save_base=false?); "
-                          "pass the base checkpoint")
     if not updates.exists():
-        raise EsgrpoError(f"{updates} not found: {run_dir} is not an ES run directory")
+        kind = "a GRPO run" if (run_dir / "checkpoints").exists() else "not a training run"
+        raise EsgrpoError(f"{run_dir} has no updates.jsonl: it is {kind}, and only ES runs can be replayed")
+    if upto is not None and upto < 0:
+        raise EsgrpoError(f"--upto must be >= 0, got {upto}")
+    base = Path(base) if base is not None else run_dir / "checkpoints" / step_name(0)
+    if not base.exists():
+        raise EsgrpoError(f"base checkpoint {base} not found (the run was trained with es.save_base=false?); "
+                          "pass the base model's directory with --base")
     out = Path(out_dir) if out_dir is not None else run_dir / "replay"
-    n_logged = len(read_jsonl(updates))
+    n_logged = len(read_updates(updates))
     replay(base, updates, out, upto=upto, device=device)
     final = run_dir / "checkpoints" / "final"
     done = n_logged if upto is None else upto

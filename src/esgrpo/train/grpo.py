@@ -17,6 +17,14 @@ Choices worth knowing:
 - mu = 1 (one optimizer step per batch), so pi_old is the policy that sampled the batch and
   logp_old = logp.detach() from the same forward pass; rho == 1 and the clip never binds (the
   clip fraction is logged anyway, it stays 0). The gradient is then exactly -A * grad log pi.
+- KL to the frozen base (beta = 0, the paper) is a measurement: the reference copy, its forward
+  passes and their time are accounted apart from training (`measure_seconds`,
+  `measure_memory_bytes`); the reference's forward runs before the policy's, so its activations never
+  add to the training peak. With beta > 0 the KL is part of the loss and counts as training.
+- A finished run resumed with more steps equals an uninterrupted longer run only when no step's
+  learning rate depends on the total: `lr_schedule: constant`, or a fixed `schedule_steps`; with a
+  linear decay to the planned total, extending is refused.
+- A run stops with an error the moment an update or a weight is not finite.
 - Log-probs for the loss are taken at the sampling temperature (as TRL does); the nucleus cut
   (top_p) is not applied to them.
 - KL to the frozen base is the k3 estimator on the step's sampled responses, measured with the
@@ -34,64 +42,37 @@ import copy
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from esgrpo.config import NON_NEGATIVE, POSITIVE, PROBABILITY, F, to_dict
-from esgrpo.errors import ConfigError
-from esgrpo.memory import process_peak_bytes, sync
+from esgrpo.checkpoints import load_resumable, load_weights, save_checkpoint, step_name, truncate_jsonl
+from esgrpo.config import GRPOConfig, from_dict, identity, identity_changes, to_dict, validate
+from esgrpo.errors import ConfigError, EsgrpoError
+from esgrpo.memory import PeakMemory, sync, tensor_bytes
 from esgrpo.models.policy import Policy
 from esgrpo.progress import Progress
 from esgrpo.rollout import response_logprobs
 from esgrpo.runs import RunDir
-from esgrpo.tasks.base import Example, Task
+from esgrpo.tasks.base import Example, Task, score_responses
 from esgrpo.train.budget import Budget
-from esgrpo.train.checkpoint import load_weights, resume_point, save_checkpoint, step_name, truncate_jsonl
 from esgrpo.train.kl import k3
 from esgrpo.train.noise import derive_seed
 
 STD_EPS = 1e-6
 
 
-@dataclass
-class GRPOConfig:
-    """GRPO post-training (group relative policy optimization)."""
+__all__ = ["GRPOConfig", "accumulate_gradients", "group_advantages", "grpo_loss", "lr_factor", "train_grpo"]
 
-    steps: int = F(80, "Optimizer steps (0 = no step limit; then max_rollouts must be set).", NON_NEGATIVE)
-    max_rollouts: int = F(0, "Stop before a step would exceed this many sampled responses (0 = no limit). "
-                          "The paper: 40,000 per task.", NON_NEGATIVE)
-    prompts_per_step: int = F(8, "Prompts per step (the paper: 21 x 3 ranks = 63).", POSITIVE)
-    group_size: int = F(8, "K: responses sampled per prompt (a group).", (lambda v: v >= 2, ">= 2"))
-    temperature: float = F(1.0, "Sampling temperature (also used for the loss's log-probs).", POSITIVE)
-    top_p: float = F(0.95, "Nucleus sampling mass.", PROBABILITY)
-    max_new_tokens: int = F(48, "Maximum generated tokens per response (the paper: 1024).", POSITIVE)
-    gen_batch_size: int = F(64, "Responses decoded together per generation batch.", POSITIVE)
-    lr: float = F(1e-5, "Peak AdamW learning rate (the paper: 1e-5; its public configs: 3e-6).", POSITIVE)
-    warmup_steps: int = F(0, "Linear warmup steps (then linear decay to 0 over the planned steps).",
-                          NON_NEGATIVE)
-    clip_eps: float = F(0.2, "PPO clip range: rho is clipped to [1 - eps, 1 + eps].", POSITIVE)
-    beta: float = F(0.0, "KL penalty coefficient (k3 to the frozen base); 0 = KL only tracked.", NON_NEGATIVE)
-    loss_type: Literal["grpo", "dr_grpo"] = F(
-        "grpo", "grpo: A = (r - mean) / std, loss averaged over each response's tokens then over "
-        "responses; dr_grpo: A = r - mean, loss summed over tokens / (responses x max_new_tokens).")
-    max_grad_norm: float = F(1.0, "Clip the gradient's global L2 norm to this (0 = no clipping).",
-                             NON_NEGATIVE)
-    micro_batch_size: int = F(16, "Responses per forward/backward (gradient accumulation bounds memory; "
-                              "the gradient does not depend on it).", POSITIVE)
-    kl_every: int = F(1, "Measure KL to the frozen base every k steps (0 = never; every step when beta > 0).",
-                      NON_NEGATIVE)
-    checkpoint_every: int = F(20, "Save a resumable checkpoint every k steps (0 = only the final one).",
-                              NON_NEGATIVE)
-    seed: int = F(0, "Seed for prompt sampling and response sampling.")
 
-    def check(self) -> None:
-        if not self.steps and not self.max_rollouts:
-            raise ConfigError("grpo needs a budget: set steps or max_rollouts (both are 0)")
+def check_inputs(cfg: GRPOConfig, examples: list[Example]) -> None:
+    """What a run needs of its config and data, checked before anything is written."""
+    validate(cfg, "grpo.")
+    if not examples:
+        raise EsgrpoError("GRPO needs at least one training example")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,16 +137,27 @@ def grpo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, 
     return loss, stats
 
 
-def linear_schedule(warmup_steps: int, total_steps: int):
-    """LR multiplier for update s (0-based): (s + 1) / warmup during warmup, then linear decay that
-    reaches 0 after `total_steps` updates (the last update still gets a non-zero rate)."""
+def lr_factor(cfg: GRPOConfig, planned_steps: int):
+    """LR multiplier for update s (0-based): (s + 1) / warmup during warmup; then constant, or a linear
+    decay that reaches 0 after the schedule's length (schedule_steps, else the planned steps; the last
+    update still gets a non-zero rate)."""
+    warmup, total = cfg.warmup_steps, cfg.schedule_steps or planned_steps
 
     def factor(s: int) -> float:
-        if s < warmup_steps:
-            return (s + 1) / warmup_steps
-        return max(0.0, (total_steps - s) / max(1, total_steps - warmup_steps))
+        if s < warmup:
+            return (s + 1) / warmup
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        return max(0.0, (total - s) / max(1, total - warmup))
 
     return factor
+
+
+def schedule_horizon(cfg: GRPOConfig, planned_steps: int) -> int | None:
+    """The number of steps every learning rate depends on (None: none, the schedule is constant)."""
+    if cfg.lr_schedule == "constant":
+        return None
+    return cfg.schedule_steps or planned_steps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,13 +189,13 @@ def accumulate_gradients(policy: Policy, prompt_ids: list[list[int]], response_i
             continue  # no tokens: nothing to learn or measure
         if not use_ref and not bool((a != 0).any()):
             continue  # all-zero advantages and no KL term: the gradient is exactly 0
-        logp, mask = policy.logprobs(p, r, temperature=cfg.temperature)
         logp_ref = None
-        if use_ref:
+        if use_ref:  # first, so the reference's activations are gone before the policy's graph is built
             t0 = time.perf_counter()
             with torch.no_grad():
                 logp_ref, _ = response_logprobs(ref_model, p, r, policy.pad_id, cfg.temperature)
             total["t_ref"] += time.perf_counter() - t0
+        logp, mask = policy.logprobs(p, r, temperature=cfg.temperature)
         loss, stats = grpo_loss(logp, logp.detach(), a, mask, cfg.clip_eps, cfg.loss_type, cfg.max_new_tokens,
                                 logp_ref=logp_ref, beta=cfg.beta, num_responses=n)
         loss.backward()
@@ -216,14 +208,72 @@ def accumulate_gradients(policy: Policy, prompt_ids: list[list[int]], response_i
 
 
 # ----------------------------------------------------------------------------------------------
+# Optimizer state
+
+
+class _Optimizer:
+    """AdamW over float32 masters (the parameters themselves when they already are float32), its LR
+    schedule, and their checkpointed state."""
+
+    def __init__(self, policy: Policy, cfg: GRPOConfig, planned: int) -> None:
+        self.params = [p for _, p in policy.named_parameters()]
+        self.masters = [p if p.dtype == torch.float32 else p.detach().float().clone().requires_grad_(True)
+                        for p in self.params]
+        self.opt = torch.optim.AdamW(self.masters, lr=cfg.lr, weight_decay=0.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(cfg, planned))
+        self.max_grad_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+
+    def _low(self) -> list[tuple[Tensor, Tensor]]:
+        return [(m, p) for m, p in zip(self.masters, self.params, strict=True) if m is not p]
+
+    def load_moments(self, path: Path, device: torch.device) -> None:
+        """AdamW moments of an earlier run (param_groups, i.e. lr and schedule, stay this run's)."""
+        saved = torch.load(path, map_location=device)
+        self.opt.load_state_dict({"state": saved["state"], "param_groups": self.opt.state_dict()["param_groups"]})
+
+    def state(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+        if self._low():
+            extra["master"] = [m.detach() for m, _ in self._low()]
+        return extra
+
+    def load(self, ckpt: Path, device: torch.device) -> None:
+        self.opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device))
+        self.sched.load_state_dict(torch.load(ckpt / "scheduler.pt"))
+        if (ckpt / "master.pt").exists():
+            saved = torch.load(ckpt / "master.pt", map_location=device)
+            with torch.no_grad():
+                for (m, _), v in zip(self._low(), saved, strict=True):
+                    m.copy_(v)
+
+    def step(self) -> tuple[float, float, float]:
+        """Clip the gradient, take one AdamW step, advance the schedule; (grad_norm, lr, update_norm).
+
+        Grads of skipped (all-zero) micro-batches are zeros, not missing: AdamW still advances its
+        moments and step count, as with an explicit zero gradient."""
+        before = [m.detach().clone() for m in self.masters]
+        for m, p in zip(self.masters, self.params, strict=True):
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            if m is p:
+                p.grad = g
+            else:
+                m.grad = g.float()
+                p.grad = None
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.masters, self.max_grad_norm))
+        lr = self.sched.get_last_lr()[0]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for m, p in self._low():
+                p.copy_(m)
+            update_norm = math.sqrt(sum(float((m - b).float().pow(2).sum()) for m, b in zip(self.masters, before,
+                                                                                           strict=True)))
+        return grad_norm, lr, update_norm
+
+
+# ----------------------------------------------------------------------------------------------
 # Training loop
-
-
-def _make_reference(policy: Policy) -> torch.nn.Module:
-    ref = copy.deepcopy(policy.model)
-    ref.requires_grad_(False)
-    ref.eval()
-    return ref
 
 
 def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOConfig, run: RunDir,
@@ -236,168 +286,155 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
     `init_optimizer`: an optimizer.pt of an earlier run (e.g. the previous stage of a sequence) whose
     AdamW moments start this run; its learning rate and schedule are this config's.
     """
+    check_inputs(cfg, examples)
+    run.path.mkdir(parents=True, exist_ok=True)
     device = policy.device
-    K, P = cfg.group_size, cfg.prompts_per_step
-    per_step = P * K
+    per_step = cfg.prompts_per_step * cfg.group_size
     budget = Budget(max_steps=cfg.steps, max_rollouts=cfg.max_rollouts)
     planned = budget.planned_steps(per_step)
-    if not examples:
-        raise ValueError("train_grpo needs at least one training example")
+    made_ref = ref_model is None and (cfg.beta > 0 or cfg.kl_every > 0)
+    if made_ref:  # a frozen copy of the base; made before memory is measured (with beta = 0: measurement)
+        ref_model = copy.deepcopy(policy.model).requires_grad_(False).eval()
 
-    needs_ref = cfg.beta > 0 or cfg.kl_every > 0
-    if needs_ref and ref_model is None:
-        ref_model = _make_reference(policy)
-
-    # Optimizer over float32 masters (the parameters themselves when they already are float32).
-    params = [p for _, p in policy.named_parameters()]
-    masters = [p if p.dtype == torch.float32 else p.detach().float().clone().requires_grad_(True)
-               for p in params]
-    opt = torch.optim.AdamW(masters, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(cfg.warmup_steps, planned))
-
-    if init_optimizer is not None:  # the moments only: param_groups (lr, schedule) stay this run's
-        saved_opt = torch.load(init_optimizer, map_location=device)
-        opt.load_state_dict({"state": saved_opt["state"], "param_groups": opt.state_dict()["param_groups"]})
-
+    optim = _Optimizer(policy, cfg, planned)
+    if init_optimizer is not None:
+        optim.load_moments(init_optimizer, device)
     if resume:
-        found = resume_point(run.path, "step", require=("optimizer.pt",))
-        if found is not None:
-            ckpt, saved_state = found
-            load_weights(policy, ckpt)
-            opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device))
-            sched.load_state_dict(torch.load(ckpt / "scheduler.pt"))
-            if (ckpt / "master.pt").exists():
-                saved = torch.load(ckpt / "master.pt", map_location=device)
-                low = [m for m, p in zip(masters, params, strict=True) if m is not p]
-                with torch.no_grad():
-                    for m, v in zip(low, saved, strict=True):
-                        m.copy_(v)
-            budget = Budget.from_dict(saved_state["budget"])
-            budget.max_steps, budget.max_rollouts = cfg.steps, cfg.max_rollouts
-            if saved_state.get("planned_steps") != planned:
-                print(f"[grpo] warning: checkpoint planned {saved_state.get('planned_steps')} steps, this "
-                      f"config plans {planned}; the LR schedule follows the new plan", file=sys.stderr)
-            truncate_jsonl(run.path / "metrics.jsonl", "step", budget.steps)  # lost steps are redone
-            print(f"[grpo] resumed from {ckpt} at step {budget.steps}", file=sys.stderr, flush=True)
-
-    def state() -> dict[str, Any]:
-        return {"trainer": "grpo", "step": budget.steps, "budget": budget.to_dict(), "planned_steps": planned,
-                "config": to_dict(cfg)}
+        _resume(policy, optim, run, cfg, budget, planned)
+    truncate_jsonl(run.path / "metrics.jsonl", "step", budget.steps)  # rows past the resume point are redone
 
     def checkpoint(name: str) -> None:
-        extra: dict[str, Any] = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
-        low = [m.detach() for m, p in zip(masters, params, strict=True) if m is not p]
-        if low:
-            extra["master"] = low
-        save_checkpoint(policy, run.path, name, state(), extra=extra)
+        state = {"trainer": "grpo", "step": budget.steps, "budget": budget.to_dict(), "planned_steps": planned,
+                 "schedule_horizon": schedule_horizon(cfg, planned), "config": to_dict(cfg)}
+        save_checkpoint(policy, run.path, name, state, extra=optim.state())
 
     progress = Progress(f"grpo {getattr(task, 'name', '')}".strip(), planned)
     progress.update(budget.steps, force=True)
     was_training = policy.model.training
-    done_rows = [r for r in run.metrics() if r.get("trainer") == "grpo"]
-    last_reward = done_rows[-1]["reward_mean"] if done_rows else float("nan")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)  # report this run's peak, not the process's
-
-    while not budget.stop(per_step):
-        step = budget.steps  # 0-based index of this update; everything random derives from (seed, step)
-        t_start = time.perf_counter()
-
-        # 1. Prompts for this step (without replacement while the pool allows it).
-        rng = np.random.default_rng([cfg.seed, step, 0])
-        picks = rng.choice(len(examples), size=P, replace=len(examples) < P).tolist()
-        batch = [examples[i] for i in picks]
-        prompt_ids = policy.encode([task.messages(ex) for ex in batch])
-
-        # 2. K responses per prompt, laid out group-major (prompt 0's K responses, then prompt 1's ...).
-        rep_prompts = [ids for ids in prompt_ids for _ in range(K)]
-        rep_examples = [ex for ex in batch for _ in range(K)]
-        seeds = [derive_seed(cfg.seed, step, 1, i) for i in range(per_step)]
-        gen = policy.generate(rep_prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                              top_p=cfg.top_p, seeds=seeds, batch_size=cfg.gen_batch_size)
-        sync(device)
-        t_gen = time.perf_counter()
-
-        # 3. Rewards. A crashing reward function must not kill a long run: count it, score 0.
-        rewards_list, reward_errors = [], 0
-        for text, ex in zip(gen.texts, rep_examples, strict=True):
-            try:
-                rewards_list.append(float(task.reward(text, ex)))
-            except Exception:
-                reward_errors += 1
-                rewards_list.append(0.0)
-        rewards = torch.tensor(rewards_list, dtype=torch.float32)
-        t_reward = time.perf_counter()
-
-        # 4. Group-relative advantages.
-        adv = group_advantages(rewards, K, scale=cfg.loss_type == "grpo")
-        groups = rewards.view(P, K)
-        frac_zero_adv = float((groups.max(dim=1).values == groups.min(dim=1).values).float().mean())
-
-        # 5. Loss and gradient (micro-batched). KL to the base is measured on this step's samples.
-        track_kl = cfg.beta > 0 or (cfg.kl_every > 0 and step % cfg.kl_every == 0)
-        policy.model.train()
-        for p in params:
-            p.grad = None
-        acc = accumulate_gradients(policy, rep_prompts, gen.response_ids, adv, cfg, ref_model, track_kl)
-        sync(device)
-        t_backward = time.perf_counter()
-
-        # 6. Clip, step, schedule. Grads of skipped (all-zero) micro-batches are zeros, not missing:
-        #    AdamW still advances its moments and step count, as with an explicit zero gradient.
-        before = [m.detach().clone() for m in masters]
-        for m, p in zip(masters, params, strict=True):
-            g = p.grad if p.grad is not None else torch.zeros_like(p)
-            if m is p:
-                p.grad = g
-            else:
-                m.grad = g.float()
-                p.grad = None
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(masters, max_norm))
-        lr = sched.get_last_lr()[0]
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for m, p in zip(masters, params, strict=True):
-                if m is not p:
-                    p.copy_(m)
-            update_norm = math.sqrt(sum(float((m - b).float().pow(2).sum()) for m, b in zip(masters, before,
-                                                                                           strict=True)))
-        del before
-        sync(device)
-        t_end = time.perf_counter()
-
-        # 7. Accounting, logging, checkpoints.
-        budget.spend(rollouts=per_step, tokens=gen.n_tokens, seconds=t_end - t_start)
-        last_reward = float(rewards.mean())
-        row = {
-            "trainer": "grpo", "step": budget.steps,
-            "reward_mean": last_reward, "reward_std": float(rewards.std(correction=0)),
-            "reward_min": float(rewards.min()), "reward_max": float(rewards.max()),
-            "frac_zero_adv": frac_zero_adv, "reward_errors": reward_errors,
-            "loss": acc["loss"], "clip_frac": acc["clipped"] / acc["tokens"] if acc["tokens"] else 0.0,
-            "grad_norm": grad_norm, "update_norm": update_norm, "lr": lr, "kl": acc["kl"],
-            "response_len": gen.n_tokens / per_step,
-            "finished_frac": sum(gen.finished) / per_step if gen.finished else None,
-            "rollouts": budget.rollouts, "tokens": budget.tokens, "seconds": budget.seconds,
-            "t_generate": t_gen - t_start, "t_reward": t_reward - t_gen, "t_backward": t_backward - t_reward,
-            "t_ref": acc["t_ref"], "t_step": t_end - t_backward, "step_seconds": t_end - t_start,
-        }
-        run.log(row)
-        progress.update(budget.steps, reward=last_reward, kl=acc["kl"] if acc["kl"] is not None else "-",
-                        loss=acc["loss"], rollouts=budget.rollouts)
-        if cfg.checkpoint_every and budget.steps % cfg.checkpoint_every == 0:
-            checkpoint(step_name(budget.steps))
-
+    with PeakMemory(device) as mem:
+        while not budget.stop(per_step):
+            row = _train_step(policy, task, examples, cfg, optim, ref_model, budget, run)
+            run.log(row)
+            progress.update(budget.steps, reward=row["reward_mean"], kl=row["kl"] if row["kl"] is not None else "-",
+                            loss=row["loss"], rollouts=budget.rollouts)
+            if cfg.checkpoint_every and budget.steps % cfg.checkpoint_every == 0:
+                checkpoint(step_name(budget.steps))
     policy.model.train(was_training)
     checkpoint("final")
-    peak_bytes, peak_kind = process_peak_bytes(device)
-    peak = peak_bytes / 2**20
-    return {
+    rows = [r for r in run.metrics() if r.get("trainer") == "grpo"]
+    results = {
         "trainer": "grpo", "steps": budget.steps, "planned_steps": planned, "rollouts": budget.rollouts,
-        "tokens": budget.tokens, "seconds": budget.seconds, "final_reward": last_reward,
-        "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
+        "tokens": budget.tokens, "seconds": budget.seconds,
+        "measure_seconds": sum(r.get("t_measure", 0.0) for r in rows),
+        "final_reward": rows[-1]["reward_mean"] if rows else None,
+        "reward_errors": sum(r.get("reward_errors", 0) for r in rows),
+        **mem.report(), "model_bytes": tensor_bytes(optim.params),
+        "measure_memory_bytes": tensor_bytes(ref_model.parameters()) if made_ref and cfg.beta == 0 else 0,
+        "parameters": policy.num_parameters(),
         "checkpoint": str(run.path / "checkpoints" / "final"),
     }
+    run.write_results(results)
+    return results
+
+
+def _train_step(policy: Policy, task: Task, examples: list[Example], cfg: GRPOConfig, optim: _Optimizer,
+                ref_model: torch.nn.Module | None, budget: Budget, run: RunDir) -> dict[str, Any]:
+    """One GRPO step (the numbered steps of the module docstring); returns its metrics row."""
+    device = policy.device
+    K, P = cfg.group_size, cfg.prompts_per_step
+    step = budget.steps  # 0-based index of this update; everything random derives from (seed, step)
+    t_start = time.perf_counter()
+
+    # 1. Prompts for this step (without replacement while the pool allows it).
+    rng = np.random.default_rng([cfg.seed, step, 0])
+    picks = rng.choice(len(examples), size=P, replace=len(examples) < P).tolist()
+    batch = [examples[i] for i in picks]
+    prompt_ids = policy.encode([task.messages(ex) for ex in batch])
+
+    # 2. K responses per prompt, laid out group-major (prompt 0's K responses, then prompt 1's ...).
+    rep_prompts = [ids for ids in prompt_ids for _ in range(K)]
+    seeds = [derive_seed(cfg.seed, step, 1, i) for i in range(P * K)]
+    gen = policy.generate(rep_prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                          top_p=cfg.top_p, seeds=seeds, batch_size=cfg.gen_batch_size)
+    sync(device)
+    t_gen = time.perf_counter()
+
+    # 3. Rewards (a failing reward scores 0 and is counted, never fatal).
+    scores = score_responses(task, gen.texts, [ex for ex in batch for _ in range(K)])
+    rewards = torch.tensor(scores.rewards, dtype=torch.float32)
+    t_reward = time.perf_counter()
+
+    # 4. Group-relative advantages.
+    adv = group_advantages(rewards, K, scale=cfg.loss_type == "grpo")
+    groups = rewards.view(P, K)
+    frac_zero_adv = float((groups.max(dim=1).values == groups.min(dim=1).values).float().mean())
+
+    # 5. Loss and gradient (micro-batched). KL to the base is measured on this step's samples.
+    track_kl = cfg.beta > 0 or (cfg.kl_every > 0 and step % cfg.kl_every == 0)
+    policy.model.train()
+    for p in optim.params:
+        p.grad = None
+    acc = accumulate_gradients(policy, rep_prompts, gen.response_ids, adv, cfg, ref_model, track_kl)
+    sync(device)
+    t_backward = time.perf_counter()
+
+    # 6. Clip, step, schedule; stop before a non-finite update reaches the log or a checkpoint.
+    grad_norm, lr, update_norm = optim.step()
+    sync(device)
+    t_end = time.perf_counter()
+    if not (math.isfinite(update_norm) and math.isfinite(acc["loss"])):
+        raise EsgrpoError(f"grpo step {step + 1}: the update is not finite (loss {acc['loss']:.3g}, gradient norm "
+                          f"{grad_norm:.3g}, update norm {update_norm:.3g}); grpo.lr = {cfg.lr:g} is too large or "
+                          f"the model diverged. {run.path} keeps the last good checkpoint")
+
+    # 7. Accounting: the reference's forward passes are measurement unless the KL is in the loss.
+    t_measure = acc["t_ref"] if cfg.beta == 0 else 0.0
+    budget.spend(rollouts=P * K, tokens=gen.n_tokens, seconds=t_end - t_start - t_measure)
+    return {
+        "trainer": "grpo", "step": budget.steps,
+        "reward_mean": scores.mean, "reward_std": float(rewards.std(correction=0)),
+        "reward_min": float(rewards.min()), "reward_max": float(rewards.max()),
+        "frac_zero_adv": frac_zero_adv, "reward_errors": scores.errors,
+        "loss": acc["loss"], "clip_frac": acc["clipped"] / acc["tokens"] if acc["tokens"] else 0.0,
+        "grad_norm": grad_norm, "update_norm": update_norm, "lr": lr, "kl": acc["kl"],
+        "response_len": gen.n_tokens / (P * K),
+        "finished_frac": sum(gen.finished) / (P * K) if gen.finished else None,
+        "rollouts": budget.rollouts, "tokens": budget.tokens, "seconds": budget.seconds,
+        "t_generate": t_gen - t_start, "t_reward": t_reward - t_gen, "t_backward": t_backward - t_reward - acc["t_ref"],
+        "t_ref": acc["t_ref"], "t_measure": t_measure, "t_step": t_end - t_backward, "step_seconds": t_end - t_start,
+    }
+
+
+def _resume(policy: Policy, optim: _Optimizer, run: RunDir, cfg: GRPOConfig, budget: Budget, planned: int) -> None:
+    """Load the furthest usable checkpoint (weights, optimizer, schedule, masters, budget).
+
+    Only run-control fields may differ from the checkpoint's config; more steps are allowed only when
+    no learning rate depends on the planned total (see the module docstring)."""
+
+    def log(msg: str) -> None:
+        print(f"[grpo] {msg}", file=sys.stderr, flush=True)
+
+    def load(ckpt: Path, state: dict[str, Any]) -> None:
+        changed = identity_changes(identity(from_dict(GRPOConfig, state["config"])), identity(cfg))
+        if changed:
+            raise ConfigError(f"cannot resume {run.path}: the grpo settings changed ({'; '.join(changed)}); only "
+                              "grpo.steps, grpo.max_rollouts, checkpoint and KL frequencies may change")
+        old_horizon = state.get("schedule_horizon", state.get("planned_steps"))
+        if old_horizon != schedule_horizon(cfg, planned):
+            raise ConfigError(
+                f"cannot continue {run.path} to {planned} steps: it planned {state.get('planned_steps')} steps and "
+                f"its learning rate decays linearly to 0 at step {old_horizon}, so no continuation equals an "
+                f"uninterrupted {planned}-step run. Train a new run, or start runs you may extend with "
+                "grpo.lr_schedule=constant or a fixed grpo.schedule_steps")
+        load_weights(policy, ckpt)
+        optim.load(ckpt, policy.device)
+
+    found = load_resumable(run.path, "step", load, require=("optimizer.pt",), log=log)
+    if found is None:
+        log(f"no usable checkpoint in {run.path}; starting from the beginning")
+        return
+    ckpt, state = found
+    saved = Budget.from_dict(state["budget"])
+    budget.steps, budget.rollouts, budget.tokens, budget.seconds = (saved.steps, saved.rollouts, saved.tokens,
+                                                                    saved.seconds)
+    log(f"resumed {run.path} from {ckpt.name} at step {budget.steps}")

@@ -1,6 +1,6 @@
 """ES noise: regenerated from seeds (never stored), independent per tensor; exact perturb/restore.
 
-Two defects of the public ES implementations are avoided here (paper.md, "Known defects"):
+Two defects of the public ES implementations are avoided here (Hoy, Wang, Pan, arXiv 2604.01499; listed in the README):
 
 - One generator seeded with the member seed for every tensor gives all same-shape tensors the
   same noise (every layer's q_proj moves identically). Here each tensor gets its own stream,

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from esgrpo.memory import sync
 from esgrpo.models.policy import Policy
-from esgrpo.tasks.base import Example, Task
+from esgrpo.tasks.base import Example, Task, score_responses
 from esgrpo.train.noise import Perturbation
 
 Member = tuple[int, int]  # (noise seed, sign +1/-1); the perturbation is sign * sigma * eps(seed)
@@ -89,16 +89,10 @@ class TaskScorer:
                               temperature=self.temperature, top_p=self.top_p, seeds=batch.sample_seeds,
                               batch_size=self.gen_batch_size)
         t1 = time.perf_counter()
-        rewards, errors = [], 0
-        for text, ex in zip(out.texts, batch.examples, strict=True):
-            try:  # rewards promise never to raise; if one does, it scores 0 and is counted, not fatal
-                rewards.append(float(self.task.reward(text, ex)))
-            except Exception:
-                rewards.append(0.0)
-                errors += 1
+        scores = score_responses(self.task, out.texts, batch.examples)
         t2 = time.perf_counter()
-        return Score(reward=sum(rewards) / len(rewards) if rewards else 0.0, rollouts=len(rewards),
-                     tokens=out.n_tokens, reward_errors=errors,
+        return Score(reward=sum(scores.rewards) / len(scores.rewards) if scores.rewards else 0.0,
+                     rollouts=len(scores.rewards), tokens=out.n_tokens, reward_errors=scores.errors,
                      seconds={"generate": t1 - t0, "reward": t2 - t1})
 
 

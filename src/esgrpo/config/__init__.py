@@ -1,0 +1,50 @@
+"""Configs: every config dataclass (schema.py) and the machinery that loads and checks them (core.py)."""
+
+from esgrpo.config.core import (
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    F,
+    config_fields,
+    dump_yaml,
+    field_help,
+    from_dict,
+    identity,
+    identity_changes,
+    leaf_types,
+    load_config,
+    merge,
+    parse_overrides,
+    read_yaml,
+    sub,
+    to_dict,
+    validate,
+)
+from esgrpo.config.schema import (
+    COMMAND_CONFIGS,
+    METHODS,
+    TASK_NAMES,
+    AnalysisConfig,
+    BuildConfig,
+    DataConfig,
+    ESConfig,
+    EvalConfig,
+    GenerationConfig,
+    GRPOConfig,
+    ModelConfig,
+    SequenceConfig,
+    SequentialSettings,
+    SetupConfig,
+    StudyConfig,
+    TaskName,
+    TinyModelConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "COMMAND_CONFIGS", "METHODS", "NON_NEGATIVE", "POSITIVE", "PROBABILITY", "TASK_NAMES", "AnalysisConfig",
+    "BuildConfig", "DataConfig", "ESConfig", "EvalConfig", "F", "GRPOConfig", "GenerationConfig", "ModelConfig",
+    "SequenceConfig", "SequentialSettings", "SetupConfig", "StudyConfig", "TaskName", "TinyModelConfig",
+    "TrainConfig", "config_fields", "dump_yaml", "field_help", "from_dict", "identity", "identity_changes",
+    "leaf_types", "load_config", "merge", "parse_overrides", "read_yaml", "sub", "to_dict", "validate",
+]

