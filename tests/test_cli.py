@@ -27,9 +27,10 @@ def test_train_es_then_replay_is_bit_exact(tmp_path, cache, capsys):
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["rollouts"] == 3 * 4 * 8
-    assert 0 <= summary["test_accuracy_%"]["boolq"] <= 100
     for f in ("config.yaml", "metrics.jsonl", "updates.jsonl", "results.json", "eval.json"):
         assert (out / f).exists(), f
+    evaluated = json.loads((out / "eval.json").read_text())["final"]["boolq"]
+    assert summary["test_accuracy_%"]["boolq"] == round(100 * evaluated["accuracy"], 1) and evaluated["n"] == 8
     assert main(["replay", str(out)]) == 0
     assert json.loads(capsys.readouterr().out.strip())["matches_final"] is True
 

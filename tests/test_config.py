@@ -60,21 +60,78 @@ def test_cli_reports_config_errors_without_traceback(capsys, tmp_path):
 
 
 def test_every_config_field_has_help():
+    """Every field of every config dataclass in config/schema.py (found by introspection, so a new config
+    cannot be forgotten) has a help string, and so does every section."""
     import dataclasses
+    import inspect
+    import typing
 
-    from esgrpo.config import BuildConfig, StudyConfig, field_help
+    from esgrpo.config import COMMAND_CONFIGS, schema
 
-    for cls in (EvalConfig, BuildConfig, StudyConfig):
-        for key, h in field_help(cls).items():
-            assert h.strip(), f"{cls.__name__}.{key} has no help string"
-    assert dataclasses.is_dataclass(EvalConfig)
+    classes = [c for _, c in inspect.getmembers(schema, inspect.isclass)
+               if dataclasses.is_dataclass(c) and c.__module__ == schema.__name__]
+    assert len(classes) >= 14 and set(COMMAND_CONFIGS) <= set(classes)
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help", "").strip(), f"{cls.__name__}.{f.name} has no help string"
+            if dataclasses.is_dataclass(hints[f.name]):
+                assert (hints[f.name].__doc__ or "").strip(), f"section {hints[f.name].__name__} has no docstring"
 
 
-def test_cli_help_for_every_subcommand(capsys):
-    for argv in (["--help"], ["study", "--help"], ["eval", "--help"], ["models", "build", "--help"],
-                 ["tasks", "show", "--help"]):
+def _subcommands(parser) -> list[list[str]]:
+    """Every runnable subcommand path, e.g. ['models', 'build'], found in the parser itself."""
+    import argparse
+
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                inner = _subcommands(sub)
+                out += [[name, *x] for x in inner] if inner else [[name]]
+    return out
+
+
+def test_cli_help_for_every_subcommand_without_duplicate_flags(capsys):
+    import re
+
+    from esgrpo.cli import build_parser
+
+    commands = _subcommands(build_parser())
+    assert len(commands) == 13 and ["models", "build"] in commands and ["train"] in commands
+    for argv in [[], *commands]:
         with pytest.raises(SystemExit) as e:
-            main(argv)
+            main([*argv, "--help"])
         assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: esgrpo"), argv
+        for line in out.splitlines():  # one spelling per flag in each help entry (no `--task V, --task V`)
+            flags = re.findall(r"(--[\w.-]+)(?: V)?(?:,|$| {2})", line.strip())
+            assert len(flags) == len(set(flags)), (argv, line)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
     out = capsys.readouterr().out
     assert "--generation.max_new_tokens" in out and "Maximum generated tokens" in out
+    assert "--resume, --no-resume" in out  # booleans are plain flags
+
+
+def test_boolean_fields_are_plain_flags(tmp_path):
+    from esgrpo.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "es", "--resume", "--no-es.save_base", "--out", str(tmp_path)])
+    cfg = config_from_args(args)
+    assert cfg.resume is True and cfg.es.save_base is False
+
+
+def test_one_parser_for_flags_set_and_files(tmp_path):
+    """--key value, --set key=value and the YAML file go through the same parser and coercion."""
+    from esgrpo.cli import build_parser, config_from_args
+
+    y = tmp_path / "c.yaml"
+    y.write_text("es: {sigma: 0.5, alpha: 0.1}\n")
+    args = build_parser().parse_args(["train", "es", "--config", str(y), "--set", "es.alpha=0.25",
+                                      "--es.population", "6", "--task", "math"])
+    cfg = config_from_args(args)
+    assert (cfg.es.sigma, cfg.es.alpha, cfg.es.population, cfg.task) == (0.5, 0.25, 6, "math")
+    with pytest.raises(ConfigError, match="es.population"):
+        config_from_args(build_parser().parse_args(["train", "es", "--set", "es.population=x"]))

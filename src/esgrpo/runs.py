@@ -228,7 +228,7 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             _lock(self.path)
         except OSError as e:
-            raise EsgrpoError(f"cannot create run directory {self.path}: {e.strerror or e}") from None
+            raise EsgrpoError(f"cannot create run directory {self.path}: {os_reason(e)}") from None
         try:
             self.check_same(self.config, self.inputs)  # again under the lock: another process may have written
             write_text(self.path / "config.yaml", dump_yaml(self.config))
@@ -326,10 +326,14 @@ def default_run_path(kind: str, label: str, root: str | Path = "runs") -> Path:
     return Path(root) / f"{kind}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def os_reason(e: OSError) -> str:
+    """Why a file operation failed, in words."""
+    return {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+            errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(
+        e.errno, e.strerror or str(e))
+
+
 def disk_error(e: OSError, path: Path | str) -> EsgrpoError:
     """One line for an OSError while writing results (full disk, read-only file system, permissions)."""
-    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-              errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(
-        e.errno, e.strerror or str(e))
-    return EsgrpoError(f"cannot write {getattr(e, 'filename', None) or path}: {reason}; finished work is on disk "
-                       "and the run resumes from its last checkpoint")
+    return EsgrpoError(f"cannot write {getattr(e, 'filename', None) or path}: {os_reason(e)}; finished work is on "
+                       "disk and a rerun resumes from the last checkpoint")
