@@ -33,7 +33,7 @@ from esgrpo.errors import ConfigError
 from esgrpo.models import model_identity
 from esgrpo.run import run_eval, run_training
 from esgrpo.runs import JsonRecord, RunDir, read_jsonl
-from esgrpo.tasks import load_task_examples
+from esgrpo.tasks import examples_hash, load_task_examples
 
 CELL_METHODS = ("base", "es", "grpo")  # --only TASK:METHOD; "es" trains ES short and ES long together
 
@@ -150,10 +150,10 @@ def run_study(cfg: StudyConfig, only: list[str] | None = None) -> dict[str, Any]
     TASK:METHOD cells (no analyses, sequence or report unless every cell is then done)."""
     # 1. Checks before anything is written: the study directory's identity and the data.
     cells = parse_only(only, cfg.data.tasks) if only else {t: CELL_METHODS for t in cfg.data.tasks}
-    load_task_examples(cfg.data, "test", cfg.data.n_test)
-    load_task_examples(cfg.data, "train", cfg.data.n_train)
+    data = [ex for split, n in (("train", cfg.data.n_train), ("test", cfg.data.n_test))
+            for exs in load_task_examples(cfg.data, split, n).values() for ex in exs]
     t0 = time.time()
-    inputs = {"model": model_identity(cfg.model, cfg.tiny)}
+    inputs = {"model": model_identity(cfg.model, cfg.tiny), "data": examples_hash(data)}
     t_build = time.time() - t0
     with RunDir(cfg.out, cfg, command="study", inputs=inputs) as study:
         root = study.path
