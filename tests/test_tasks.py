@@ -373,3 +373,21 @@ def test_unreachable_hub_is_a_clear_data_source_error(name, dataset_id):
     with pytest.raises(DataSourceError, match=re.escape(dataset_id)) as info:
         load_examples(name, "hub", "test", 5)
     assert "source: synthetic" in str(info.value)
+
+
+def test_a_synthetic_pool_that_runs_dry_stops_instead_of_drawing_forever(monkeypatch):
+    """Sizes beyond a generator's pool are refused before drawing (capacity), and a pool that runs dry below
+    its stated capacity stops after STALL_DRAWS draws without a new instance."""
+    import esgrpo.tasks.hub as hub
+
+    def draw(rng):
+        k = rng.randrange(40)  # a pool of 40 keys
+        return str(k), f"q{k}", {}
+
+    monkeypatch.setattr(hub, "STALL_DRAWS", 2000)
+    n_train = sum(hub.split_of("toy", str(k)) == "train" for k in range(40))
+    assert len(hub.collect_synthetic("toy", "train", n_train, 0, draw)) == n_train
+    with pytest.raises(ConfigError, match="ran out of distinct train instances"):
+        hub.collect_synthetic("toy", "train", n_train + 1, 0, draw)
+    with pytest.raises(ConfigError, match="about 5 distinct train instances"):
+        hub.collect_synthetic("toy", "train", 6, 0, draw, capacity={"pretrain": 30, "train": 5, "test": 5})

@@ -32,6 +32,7 @@ from esgrpo.config.schema import (
     GenerationConfig,
     GRPOConfig,
     ModelConfig,
+    RayConfig,
     SequenceConfig,
     SequentialSettings,
     SetupConfig,
@@ -44,7 +45,7 @@ from esgrpo.config.schema import (
 __all__ = [
     "COMMAND_CONFIGS", "METHODS", "NON_NEGATIVE", "POSITIVE", "PROBABILITY", "TASK_NAMES", "AnalysisConfig",
     "BuildConfig", "DataConfig", "ESConfig", "EvalConfig", "F", "GRPOConfig", "GenerationConfig", "ModelConfig",
-    "SequenceConfig", "SequentialSettings", "SetupConfig", "StudyConfig", "TaskName", "TinyModelConfig",
+    "RayConfig", "SequenceConfig", "SequentialSettings", "SetupConfig", "StudyConfig", "TaskName", "TinyModelConfig",
     "TrainConfig", "config_fields", "dump_yaml", "field_help", "from_dict", "identity", "identity_changes",
     "leaf_types", "load_config", "merge", "parse_overrides", "read_yaml", "sub", "to_dict", "validate",
 ]

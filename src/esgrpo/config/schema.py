@@ -146,6 +146,10 @@ class ESConfig:
                         "analyses need them).", control=True)
     seed: int = F(0, "Seed of the noise seeds, prompt batches and sampling seeds (derived per iteration); "
                   "give each stage of a task sequence its own seed, or stages reuse the same noise.")
+    backend: Literal["sequential", "ray"] = F(
+        "sequential", "Who scores the population: sequential (one member at a time in this process) or ray "
+        "(members handed to Ray workers, settings in the ray section). Both give bit-identical updates, so a "
+        "run may switch backends when resumed.", control=True)
 
     def check(self) -> None:
         if not self.iterations and not self.max_rollouts:
@@ -204,6 +208,27 @@ class GRPOConfig:
     def check(self) -> None:
         if not self.steps and not self.max_rollouts:
             raise ConfigError("grpo needs a budget: set grpo.steps or grpo.max_rollouts (both are 0)")
+
+
+@dataclass
+class RayConfig:
+    """Ray: the ES population on workers (es.backend ray) and the study's runs in parallel (study.parallel ray)."""
+
+    address: str = F("", "Ray cluster to use: empty = start a local Ray with `cpus` CPUs in this process; auto = "
+                     "the cluster this machine belongs to (`ray start`); host:port = a head node.")
+    cpus: int = F(0, "CPUs of a local Ray started here (0 = all of this machine's).", NON_NEGATIVE)
+    workers: int = F(2, "Ray actors scoring ES members (es.backend ray), or parallel runs of the study "
+                     "(study.parallel ray).", POSITIVE)
+    cpus_per_worker: float = F(1.0, "CPUs Ray reserves for each worker.", POSITIVE)
+    gpus_per_worker: float = F(0.0, "GPUs Ray reserves for each worker (1 = one actor per GPU).", NON_NEGATIVE)
+    threads_per_worker: int = F(1, "torch CPU threads inside each worker. On one machine, two 1-thread "
+                                "workers use 2 cores better than one 2-thread process.", POSITIVE)
+    check_every: int = F(10, "Every k iterations (and at the end) each ES worker reports a fingerprint of its "
+                         "weights, which must equal the driver's (0 = only at the end).", NON_NEGATIVE)
+    max_restarts: int = F(4, "Workers that may be replaced after dying (killed, out of memory, node lost) "
+                          "before the run stops; a replacement rebuilds the weights from the base checkpoint "
+                          "and the update log.", NON_NEGATIVE)
+    connect_timeout: float = F(20.0, "Seconds to wait for a Ray cluster at `address` before giving up.", POSITIVE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,6 +313,7 @@ class SetupConfig:
     generation: GenerationConfig = sub(GenerationConfig)
     es: ESConfig = sub(ESConfig)
     grpo: GRPOConfig = sub(GRPOConfig)
+    ray: RayConfig = sub(RayConfig, control=True)
 
 
 @dataclass
@@ -351,7 +377,7 @@ class StudyConfig(SetupConfig):
     def train_config(self, task: str) -> TrainConfig:
         """The training run of one task with this study's model, data and trainer settings."""
         return TrainConfig(model=self.model, tiny=self.tiny, data=self.data, generation=self.generation,
-                           es=self.es, grpo=self.grpo, task=task)
+                           es=self.es, grpo=self.grpo, ray=self.ray, task=task)
 
 
 COMMAND_CONFIGS = (EvalConfig, BuildConfig, TrainConfig, SequenceConfig, StudyConfig)

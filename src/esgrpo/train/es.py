@@ -49,7 +49,7 @@ from esgrpo.tasks.base import Example, Task
 from esgrpo.train.budget import Budget
 from esgrpo.train.kl import kl_to_reference
 from esgrpo.train.noise import derive_seed, tensor_noise
-from esgrpo.train.population import Batch, Member, PopulationEvaluator, SequentialEvaluator, TaskScorer
+from esgrpo.train.population import Batch, Member, PopulationEvaluator, SequentialEvaluator, es_scorer
 
 __all__ = ["ESConfig", "apply_update", "draw_batch", "draw_members", "replay", "replay_run", "train_es", "zscore"]
 
@@ -148,10 +148,7 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
         save_checkpoint(policy, run.path, step_name(0), _state(0, budget, cfg))
 
     prompt_ids = policy.encode([task.messages(ex) for ex in examples])
-    sample = cfg.decoding == "sample"
-    scorer = TaskScorer(task, cfg.max_new_tokens, temperature=cfg.temperature if sample else 0.0,
-                        top_p=cfg.top_p if sample else 1.0, gen_batch_size=cfg.gen_batch_size)
-    evaluator = evaluator or SequentialEvaluator(policy, scorer, cfg.sigma)
+    evaluator = evaluator or SequentialEvaluator(policy, es_scorer(task, cfg), cfg.sigma)
     per_iteration = cfg.members_per_iteration * (cfg.batch_size or len(examples))
     progress = Progress(f"es {task.name}", budget.planned_steps(per_iteration) - start)
     last_fitness: list[float] | None = None
@@ -189,7 +186,7 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
             row = {"iteration": it, **_stats(pop.fitness), "rollouts": budget.rollouts, "tokens": budget.tokens,
                    "seconds": budget.seconds, "iteration_seconds": time.perf_counter() - t0,
                    **{f"t_{k}": v for k, v in pop.seconds.items()}, "t_update": t_update,
-                   "reward_errors": pop.reward_errors, "update_norm": update_norm}
+                   "reward_errors": pop.reward_errors, "update_norm": update_norm, **pop.extra}
             if cfg.kl_every and it % cfg.kl_every == 0:
                 t_kl = time.perf_counter()
                 row["kl"] = _measure_kl(policy, ref, cfg, it, prompt_ids)

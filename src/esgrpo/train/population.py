@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from esgrpo.memory import sync
 from esgrpo.models.policy import Policy
@@ -65,12 +65,20 @@ class PopulationResult:
     tokens: int = 0
     reward_errors: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    extra: dict[str, float] = field(default_factory=dict)  # backend counters logged with the iteration
 
 
 class PopulationEvaluator(Protocol):
     """Scores members; leaves the policy's weights exactly as it found them."""
 
     def evaluate(self, members: list[Member], batch: Batch) -> PopulationResult: ...
+
+
+def es_scorer(task: Task, cfg: Any) -> TaskScorer:
+    """The scorer of an ES run (cfg: ESConfig): greedy, or sampling at the configured temperature and top_p."""
+    sample = cfg.decoding == "sample"
+    return TaskScorer(task, cfg.max_new_tokens, temperature=cfg.temperature if sample else 0.0,
+                      top_p=cfg.top_p if sample else 1.0, gen_batch_size=cfg.gen_batch_size)
 
 
 @dataclass

@@ -1,0 +1,330 @@
+"""The ES population on Ray: members scored by worker actors across processes, GPUs and nodes.
+
+`RayPopulationEvaluator` implements the `PopulationEvaluator` interface (population.py), so the ES
+trainer is the same for both backends. One iteration (`evaluate`), step by step:
+    1. catch up: every worker applies the updates logged since it last worked (rows of the run's
+       updates.jsonl: seeds, signs, coefficients) with the trainer's own `apply_update`, so its weights
+       equal the driver's; only these rows travel, never weights;
+    2. the iteration's batch (prompt ids, sampling seeds) goes to each worker once;
+    3. members are handed out dynamically: a free worker takes the next member, perturbs its own copy of
+       the weights, scores the batch and restores them bit-exactly; each result comes back with its
+       member index, so the fitness list is in member order and the update equals the sequential one;
+    4. a worker that dies (killed, out of memory, node lost) has its member re-run on another worker,
+       and a replacement loads the base checkpoint and replays the whole update log (up to
+       `ray.max_restarts` times);
+    5. every `ray.check_every` iterations, and at `close()`, each worker reports a fingerprint of its
+       weights (sha256 of their bytes), which must equal the driver's.
+Bytes sent between driver and workers are counted per iteration (the batch apart) and logged with the
+iteration's metrics.
+
+Each worker loads the model itself from the run's base checkpoint (the path must exist on every node:
+a shared file system, or the same path). Workers run with `ray.threads_per_worker` torch threads; with
+the same thread count and CPU features as the sequential backend, results are bit-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from esgrpo.config import ModelConfig, RayConfig
+from esgrpo.errors import EsgrpoError
+from esgrpo.runs import read_jsonl
+from esgrpo.train.population import Batch, Member, PopulationResult, TaskScorer
+
+UPDATE_FIELDS = ("iteration", "seeds", "signs", "coefs")  # what a worker needs of an updates.jsonl row
+
+
+def fingerprint(params: list[tuple[str, Tensor]]) -> str:
+    """sha256 over the names and raw bytes of the tensors, in order: equal iff bit-identical weights."""
+    h = hashlib.sha256()
+    for name, p in params:
+        h.update(name.encode())
+        t = p.detach().contiguous().cpu()
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _size(obj: Any) -> int:
+    return len(pickle.dumps(obj, protocol=5))
+
+
+# ----------------------------------------------------------------------------------------------
+# Connecting to Ray
+
+
+def connect(cfg: RayConfig) -> dict[str, float]:
+    """Start a local Ray (address empty) or join a cluster; returns its resources. Every failure is one
+    EsgrpoError naming the address, within `connect_timeout` seconds."""
+    import ray
+
+    if not ray.is_initialized():
+        if cfg.address and cfg.address != "auto":
+            host, _, port = cfg.address.rpartition(":")
+            try:
+                socket.create_connection((host or "127.0.0.1", int(port)), timeout=cfg.connect_timeout).close()
+            except (OSError, ValueError) as e:
+                raise EsgrpoError(f"ray.address = {cfg.address!r}: cannot reach a Ray head there "
+                                  f"({type(e).__name__}: {e}); start one with `ray start --head` or leave "
+                                  "ray.address empty for a local Ray") from None
+        try:
+            if cfg.address:
+                ray.init(address=cfg.address, log_to_driver=False, logging_level="ERROR")
+            else:
+                ray.init(num_cpus=cfg.cpus or None, include_dashboard=False, log_to_driver=False,
+                         logging_level="ERROR")
+        except Exception as e:  # ConnectionError, RuntimeError, ...: one line, not a Ray traceback
+            where = f"ray.address = {cfg.address!r}" if cfg.address else "a local Ray"
+            raise EsgrpoError(f"{where}: Ray did not start ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:300]})") from None
+    return ray.cluster_resources()
+
+
+def check_resources(cfg: RayConfig, resources: dict[str, float]) -> None:
+    """More workers than the cluster's CPUs (or GPUs) fails before any work, naming both numbers."""
+    for kind, per in (("CPU", cfg.cpus_per_worker), ("GPU", cfg.gpus_per_worker)):
+        need, have = cfg.workers * per, resources.get(kind, 0.0)
+        if per and need > have:
+            raise EsgrpoError(f"ray.workers = {cfg.workers} x ray.{kind.lower()}s_per_worker = {per:g} needs {need:g} "
+                              f"{kind}s; the Ray cluster has {have:g}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The worker
+
+
+class ESWorker:
+    """One Ray actor: its own copy of the model, updated from the log, scoring members on demand."""
+
+    def __init__(self, base_dir: str, model: ModelConfig, scorer: TaskScorer, sigma: float, threads: int,
+                 device: str) -> None:
+        from esgrpo.models.hub import load_hf
+        from esgrpo.models.policy import Policy
+        from esgrpo.train.noise import Perturbation
+
+        torch.set_num_threads(threads)
+        m, tok = load_hf(base_dir, dtype=model.dtype, device=device)
+        self.policy = Policy(m, tok, name=base_dir)
+        self.params = self.policy.named_parameters()
+        self.perturbation = Perturbation(self.params)
+        self.scorer, self.sigma = scorer, sigma
+        self.applied = 0  # update log rows applied so far
+        self.batch: Batch | None = None
+
+    def info(self) -> dict[str, Any]:
+        import platform
+
+        import psutil
+        import ray
+
+        return {"pid": os.getpid(), "node": platform.node(), "node_id": ray.get_runtime_context().get_node_id(),
+                "rss_bytes": psutil.Process().memory_info().rss, "threads": torch.get_num_threads(),
+                "device": str(self.policy.device)}
+
+    def catch_up(self, rows: list[dict[str, Any]]) -> int:
+        """Apply the logged updates this worker has not applied yet (in order); returns how many it has."""
+        from esgrpo.train.es import apply_update
+
+        for row in rows:
+            if row["iteration"] != self.applied + 1:
+                continue  # already applied (a row is sent to every worker that may lack it)
+            apply_update(self.params, list(zip(row["seeds"], row["signs"], strict=True)), row["coefs"])
+            self.applied += 1
+        self.perturbation.snapshot()
+        return self.applied
+
+    def set_batch(self, batch: Batch) -> None:
+        self.batch = batch
+
+    def score(self, index: int, member: Member) -> tuple:
+        """(index, fitness, rollouts, tokens, reward_errors, seconds per phase) of one member."""
+        from esgrpo.memory import sync
+
+        assert self.batch is not None
+        seed, sign = member
+        t0 = time.perf_counter()
+        self.perturbation.perturb(seed, sign, self.sigma)
+        sync(self.policy.device)
+        t1 = time.perf_counter()
+        try:
+            score = self.scorer(self.policy, self.batch)
+        finally:
+            t2 = time.perf_counter()
+            self.perturbation.restore()
+            sync(self.policy.device)
+        seconds = {"perturb": t1 - t0, "restore": time.perf_counter() - t2, **score.seconds}
+        return index, score.reward, score.rollouts, score.tokens, score.reward_errors, seconds
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.params)
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluator
+
+
+class RayPopulationEvaluator:
+    """Scores ES members on Ray workers; see the module docstring.
+
+    params: the driver's weights (the trainer's policy), for the fingerprint check. updates_path: the run's
+    updates.jsonl, where the trainer logs every update (the workers replay it). on_submit(evaluator, slot,
+    index): a hook called when a member is handed to a worker (the tests kill a worker mid-iteration with it).
+    """
+
+    def __init__(self, cfg: RayConfig, base_dir: str | Path, model: ModelConfig, scorer: TaskScorer, sigma: float,
+                 params: list[tuple[str, Tensor]], updates_path: str | Path,
+                 on_submit: Callable[[RayPopulationEvaluator, int, int], None] | None = None) -> None:
+        import ray
+
+        t0 = time.perf_counter()
+        check_resources(cfg, connect(cfg))
+        self.cfg, self.params, self.updates_path = cfg, params, Path(updates_path)
+        self.on_submit = on_submit
+        device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
+        self._actor_cls = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)(ESWorker)
+        self._args = (str(base_dir), model, scorer, sigma, cfg.threads_per_worker, device)
+        self.restarts = 0
+        self.iterations = 0
+        self.workers = [self._actor_cls.remote(*self._args) for _ in range(cfg.workers)]
+        self.worker_info = [self._ready(i, w) for i, w in enumerate(self.workers)]
+        self.startup_seconds = time.perf_counter() - t0
+
+    def _ready(self, slot: int, worker: Any) -> dict[str, Any]:
+        import ray
+
+        try:
+            return ray.get(worker.info.remote(), timeout=max(60.0, 4 * self.cfg.connect_timeout))
+        except Exception as e:
+            self.close(check=False)
+            cause = " ".join(str(getattr(e, "cause", None) or e).split())
+            raise EsgrpoError(f"Ray worker {slot} failed to start: {cause[-300:]}") from None
+
+    # -- one iteration --------------------------------------------------------------------------
+
+    def evaluate(self, members: list[Member], batch: Batch) -> PopulationResult:
+        import ray
+
+        # 1. Catch up on the update log (only the rows since the last iteration travel).
+        rows = self._log_rows()
+        new = rows[self.iterations:]
+        sent = _size(new) * len(self.workers)
+        self._all(lambda w: w.catch_up.remote(new))
+        self.iterations = len(rows)
+        if self.cfg.check_every and self.iterations and self.iterations % self.cfg.check_every == 0:
+            self.check_fingerprints()
+
+        # 2. The batch, once per worker.
+        batch_ref = ray.put(batch)
+        self._all(lambda w: w.set_batch.remote(batch_ref))
+
+        # 3. Members handed out dynamically, results put back in member order.
+        res = PopulationResult(fitness=[0.0] * len(members))
+        todo, busy = deque(range(len(members))), {}
+        received = 0
+
+        def submit(slot: int) -> None:
+            nonlocal sent
+            i = todo.popleft()
+            sent += _size((i, members[i]))
+            busy[self.workers[slot].score.remote(i, members[i])] = (slot, i)
+            if self.on_submit is not None:
+                self.on_submit(self, slot, i)
+
+        for slot in range(len(self.workers)):
+            if todo:
+                submit(slot)
+        while busy:
+            ready, _ = ray.wait(list(busy), num_returns=1)
+            slot, i = busy.pop(ready[0])
+            try:
+                out = ray.get(ready[0])
+            except ray.exceptions.RayActorError as e:
+                # 4. A dead worker: its member goes back in the queue, a replacement takes its slot.
+                todo.appendleft(i)
+                self._replace(slot, e, rows, batch_ref)
+            else:
+                received += _size(out)
+                _, fitness, rollouts, tokens, errors, seconds = out
+                res.fitness[i] = fitness
+                res.rollouts += rollouts
+                res.tokens += tokens
+                res.reward_errors += errors
+                for k, v in seconds.items():
+                    res.seconds[k] = res.seconds.get(k, 0.0) + v
+            if todo and slot < len(self.workers):
+                submit(slot)
+        res.extra = {"bytes_to_workers": sent, "bytes_from_workers": received,
+                     "bytes_batch": _size(batch) * len(self.workers), "workers": len(self.workers),
+                     "worker_restarts": self.restarts}
+        return res
+
+    def _log_rows(self) -> list[dict[str, Any]]:
+        return [{k: r[k] for k in UPDATE_FIELDS} for r in read_jsonl(self.updates_path)]
+
+    def _all(self, call: Callable[[Any], Any]) -> list[Any]:
+        """Call every worker and wait; a worker that died is replaced first."""
+        import ray
+
+        out = []
+        for slot in range(len(self.workers)):
+            try:
+                out.append(ray.get(call(self.workers[slot])))
+            except ray.exceptions.RayActorError as e:
+                self._replace(slot, e, self._log_rows()[:self.iterations], None)
+                out.append(ray.get(call(self.workers[slot])))
+        return out
+
+    def _replace(self, slot: int, error: Exception, rows: list[dict[str, Any]], batch_ref: Any) -> None:
+        """Start a new worker in `slot`: base checkpoint + the whole update log (no weight transfer)."""
+        import ray
+
+        self.restarts += 1
+        if self.restarts > self.cfg.max_restarts:
+            self.close(check=False)
+            raise EsgrpoError(f"Ray worker {slot} died ({type(error).__name__}) and ray.max_restarts = "
+                              f"{self.cfg.max_restarts} replacements are used up; the run resumes from its last "
+                              "checkpoint when started again")
+        print(f"[ray] worker {slot} died ({type(error).__name__}); starting a replacement that replays "
+              f"{len(rows)} logged updates", flush=True)
+        worker = self._actor_cls.remote(*self._args)
+        self.worker_info[slot] = self._ready(slot, worker)
+        ray.get(worker.catch_up.remote(rows))
+        if batch_ref is not None:
+            ray.get(worker.set_batch.remote(batch_ref))
+        self.workers[slot] = worker
+
+    # -- checks and shutdown --------------------------------------------------------------------
+
+    def check_fingerprints(self) -> None:
+        """Every worker's weights must equal the driver's, bit for bit."""
+        want = fingerprint(self.params)
+        for slot, got in enumerate(self._all(lambda w: w.fingerprint.remote())):
+            if got != want:
+                self.close(check=False)
+                raise EsgrpoError(f"Ray worker {slot} ({self.worker_info[slot]['node']}, pid "
+                                  f"{self.worker_info[slot]['pid']}) holds other weights than the driver after "
+                                  f"iteration {self.iterations}; stopping before it scores with them")
+
+    def close(self, check: bool = True) -> None:
+        """Apply the last updates, check the fingerprints (check=True), and stop the workers."""
+        import ray
+
+        if check and self.workers:
+            rows = self._log_rows()
+            new = rows[self.iterations:]
+            self._all(lambda w: w.catch_up.remote(new))
+            self.iterations = len(rows)
+            self.check_fingerprints()
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
