@@ -113,7 +113,7 @@ def test_a_worker_killed_mid_iteration_is_replaced_and_the_run_is_undisturbed(tm
 
 
 def test_more_workers_than_cpus_fails_before_any_work(tmp_path, local_ray):
-    from esgrpo.train.ray_population import check_resources, connect
+    from esgrpo.parallel import check_resources, connect
 
     with pytest.raises(EsgrpoError, match=r"ray.workers = 5 x ray.cpus_per_worker = 1 needs 5 CPUs; the Ray "
                                           r"cluster has 3"):

@@ -71,7 +71,7 @@ HEADER = {"order": ORDER}
 
 def test_stage_order_is_honoured_and_matrix_is_bookkept(tmp_path):
     runner = FakeRunner()
-    data = run_stages(runner, ORDER, ["es_short", "grpo"], "base", tmp_path, HEADER, log=lambda m: None)
+    data = run_stages(runner, ORDER, ["es_short", "grpo"], "base", tmp_path, HEADER)
     for method in ("es_short", "grpo"):
         calls = [c for c in runner.calls if c[0] == method]
         assert [c[2] for c in calls] == ORDER  # the configured order
@@ -86,15 +86,15 @@ def test_stage_order_is_honoured_and_matrix_is_bookkept(tmp_path):
 
 @pytest.mark.parametrize("where", ["stage boundary", "mid-stage"])
 def test_interrupted_sequence_resumes_without_recomputing_finished_stages(tmp_path, where):
-    full = run_stages(FakeRunner(), ORDER, ["es_long", "grpo"], "base", tmp_path / "full", HEADER, log=lambda m: None)
+    full = run_stages(FakeRunner(), ORDER, ["es_long", "grpo"], "base", tmp_path / "full", HEADER)
     if where == "stage boundary":
         runner = FakeRunner(fail_train_at=("grpo", 3))  # es_long done, grpo stages 1-2 done
     else:
         runner = FakeRunner(fail_extras_at="grpo/s2")  # grpo stage 2 trained and evaluated, not yet measured
     with pytest.raises(KeyboardInterrupt):
-        run_stages(runner, ORDER, ["es_long", "grpo"], "base", tmp_path / "cut", HEADER, log=lambda m: None)
+        run_stages(runner, ORDER, ["es_long", "grpo"], "base", tmp_path / "cut", HEADER)
     before = list(runner.calls)
-    resumed = run_stages(runner, ORDER, ["es_long", "grpo"], "base", tmp_path / "cut", HEADER, log=lambda m: None)
+    resumed = run_stages(runner, ORDER, ["es_long", "grpo"], "base", tmp_path / "cut", HEADER)
     new = runner.calls[len(before):]
     assert [(m, s) for m, s, _, _ in new] == [("grpo", 3), ("grpo", 4)]  # no finished stage trained again
     assert len(before) + len(new) == 8
@@ -104,6 +104,6 @@ def test_interrupted_sequence_resumes_without_recomputing_finished_stages(tmp_pa
 def test_other_settings_in_the_same_directory_are_refused(tmp_path):
     from esgrpo.errors import EsgrpoError
 
-    run_stages(FakeRunner(), ORDER, ["grpo"], "base", tmp_path, HEADER, log=lambda m: None)
+    run_stages(FakeRunner(), ORDER, ["grpo"], "base", tmp_path, HEADER)
     with pytest.raises(EsgrpoError, match="other sequence settings"):
-        run_stages(FakeRunner(), ORDER[::-1], ["grpo"], "base", tmp_path, {"order": ORDER[::-1]}, log=lambda m: None)
+        run_stages(FakeRunner(), ORDER[::-1], ["grpo"], "base", tmp_path, {"order": ORDER[::-1]})

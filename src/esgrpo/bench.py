@@ -3,6 +3,10 @@
 Runs a few iterations/steps of the configured trainer in a scratch run directory and prints the
 mean seconds per phase (from the trainer's own per-phase timers in metrics.jsonl), their share of
 the iteration, throughput, and the trainer's peak memory (the definitions of memory.py).
+
+With `--es.backend ray` the Ray backend is timed beside the sequential one in the same command,
+interleaved (sequential, Ray, sequential, Ray), and the report adds the speed-up (median seconds per
+iteration), Ray's start-up seconds, each worker's memory and the bytes moved per iteration.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import dataclasses
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from esgrpo.config import TrainConfig
 from esgrpo.models import load_policy
@@ -22,39 +26,85 @@ from esgrpo.train.grpo import train_grpo
 
 PHASES = {"es": ("perturb", "generate", "reward", "restore", "update"),
           "grpo": ("generate", "reward", "backward", "ref", "step")}  # backward includes the scoring forward
+MIB = 2 ** 20
 
 
-def bench(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int = 3) -> str:
-    """Run `iterations` iterations/steps and return the printed report."""
+def _one(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int) -> tuple[list[dict], dict, Any]:
+    """Train `iterations` iterations/steps in a scratch directory: (metrics rows, results, Ray evaluator)."""
     task = get_task(cfg.task)
     d = cfg.data
     train = load_examples(cfg.task, d.source, "train", d.n_train, seed=d.seed, path=d.data_paths.get(cfg.task))
     policy = load_policy(cfg.model, cfg.tiny)
+    evaluator = None
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(Path(tmp) / "bench")
-        if method == "es":
-            res = train_es(policy, task, train, dataclasses.replace(cfg.es, iterations=iterations, checkpoint_every=0,
-                                                                    save_base=False, max_rollouts=0), run)
-        else:
+        if method == "grpo":
             res = train_grpo(policy, task, train, dataclasses.replace(cfg.grpo, steps=iterations, checkpoint_every=0,
                                                                       max_rollouts=0), run)
-        rows = run.metrics()
+            return run.metrics(), res, None
+        es_cfg = dataclasses.replace(cfg.es, iterations=iterations, checkpoint_every=0, save_base=False, max_rollouts=0)
+        if cfg.es.backend == "ray":
+            from esgrpo.train.ray_population import evaluator_for
+
+            evaluator = evaluator_for(cfg, policy, task, run.path / "updates.jsonl")
+        try:
+            res = train_es(policy, task, train, es_cfg, run, evaluator=evaluator)
+            if evaluator is not None:
+                evaluator.close()
+        finally:
+            if evaluator is not None:
+                evaluator.close(check=False)
+        return run.metrics(), res, evaluator
+
+
+def _table(method: str, rows: list[dict]) -> list[str]:
     per = [r.get("iteration_seconds", r.get("step_seconds", 0.0)) for r in rows]
     total = statistics.mean(per) if per else float("nan")
-    lines = [f"{method} on {cfg.model.name} ({policy.num_parameters():,} parameters, {policy.device}), "
-             f"task {cfg.task}, {len(rows)} {'iterations' if method == 'es' else 'steps'}:",
-             f"  {'phase':10s} {'s/iter':>9s} {'share':>7s}"]
+    lines = [f"  {'phase':10s} {'s/iter':>9s} {'share':>7s}"]
     for ph in PHASES[method]:
-        vals = [r.get(f"t_{ph}", 0.0) for r in rows]
-        v = statistics.mean(vals) if vals else 0.0
+        v = statistics.mean(r.get(f"t_{ph}", 0.0) for r in rows) if rows else 0.0
         lines.append(f"  {ph:10s} {v:9.3f} {100 * v / total if total else 0:6.1f}%")
     lines.append(f"  {'total':10s} {total:9.3f}")
     roll = statistics.mean(b["rollouts"] - a["rollouts"] for a, b in zip([{"rollouts": 0}] + rows, rows, strict=False))
     toks = statistics.mean(b["tokens"] - a["tokens"] for a, b in zip([{"tokens": 0}] + rows, rows, strict=False))
     lines.append(f"  throughput: {roll / total:.1f} rollouts/s, {toks / total:.0f} generated tokens/s")
-    mib = 2 ** 20
-    lines.append(f"  peak memory ({res['memory_kind']}): {res['peak_memory_bytes'] / mib:.1f} MiB in the process, "
-                 f"{res['peak_memory_added_bytes'] / mib:.1f} MiB added by training; model weights "
-                 f"{res['model_bytes'] / mib:.1f} MiB; measurement (KL reference copy) "
-                 f"{res['measure_memory_bytes'] / mib:.1f} MiB, {res['measure_seconds']:.2f} s")
+    return lines
+
+
+def _memory(res: dict) -> str:
+    return (f"  peak memory ({res['memory_kind']}): {res['peak_memory_bytes'] / MIB:.1f} MiB in the process, "
+            f"{res['peak_memory_added_bytes'] / MIB:.1f} MiB added by training; model weights "
+            f"{res['model_bytes'] / MIB:.1f} MiB; measurement (KL reference copy) "
+            f"{res['measure_memory_bytes'] / MIB:.1f} MiB, {res['measure_seconds']:.2f} s")
+
+
+def bench(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int = 3, repeats: int = 2) -> str:
+    """Run `iterations` iterations/steps and return the printed report (Ray: beside sequential, `repeats`
+    times each, interleaved)."""
+    head = (f"{method} on {cfg.model.name}, task {cfg.task}, {iterations} "
+            f"{'iterations' if method == 'es' else 'steps'} per run")
+    if method == "grpo" or cfg.es.backend == "sequential":
+        rows, res, _ = _one(method, cfg, iterations)
+        return "\n".join([f"{head}, {res['parameters']:,} parameters:", *_table(method, rows), _memory(res)])
+    seq_cfg = dataclasses.replace(cfg, es=dataclasses.replace(cfg.es, backend="sequential"))
+    runs: dict[str, list[tuple[list[dict], dict, Any]]] = {"sequential": [], "ray": []}
+    for _ in range(repeats):  # interleaved: A, B, A, B
+        runs["sequential"].append(_one("es", seq_cfg, iterations))
+        runs["ray"].append(_one("es", cfg, iterations))
+    med = {k: statistics.median(r["iteration_seconds"] for rows, _, _ in v for r in rows) for k, v in runs.items()}
+    ray_rows = [r for rows, _, _ in runs["ray"] for r in rows]
+    ev = runs["ray"][-1][2]
+    lines = [f"{head}, {runs['ray'][-1][1]['parameters']:,} parameters; {repeats} runs of each backend, interleaved",
+             f"sequential (model.threads {cfg.model.threads or 'default'}):", *_table("es", runs["sequential"][-1][0]),
+             f"ray ({cfg.ray.workers} workers x {cfg.ray.threads_per_worker} thread(s); phase times summed over "
+             "workers):", *_table("es", runs["ray"][-1][0]),
+             f"  median seconds per iteration: sequential {med['sequential']:.3f}, ray {med['ray']:.3f}: "
+             f"speed-up {med['sequential'] / med['ray']:.2f}x",
+             f"  ray start-up: {statistics.median(e.startup_seconds for _, _, e in runs['ray']):.1f} s (median); "
+             "worker memory (RSS): " + ", ".join(f"{w['rss_bytes'] / MIB:.0f} MiB" for w in ev.worker_info),
+             "  bytes per iteration (median): to workers "
+             f"{statistics.median(r['bytes_to_workers'] for r in ray_rows):.0f}, from workers "
+             f"{statistics.median(r['bytes_from_workers'] for r in ray_rows):.0f}; prompts and sampling seeds "
+             f"{statistics.median(r['bytes_batch'] for r in ray_rows):.0f} (all workers, counted apart)",
+             _memory(runs["sequential"][-1][1]) + " [sequential driver]"]
     return "\n".join(lines)

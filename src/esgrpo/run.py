@@ -19,7 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from esgrpo.checkpoints import checkpoint_policy
 from esgrpo.config import EvalConfig, GenerationConfig, ModelConfig, TinyModelConfig, TrainConfig
@@ -28,14 +28,10 @@ from esgrpo.evaluate import evaluate
 from esgrpo.models import load_policy, model_identity
 from esgrpo.runs import RunDir, default_run_path
 from esgrpo.tasks import check_disjoint, examples_hash, get_task, load_examples, load_task_examples
-from esgrpo.tasks.base import Example, Task
+from esgrpo.tasks.base import Example
 from esgrpo.train import es as es_trainer
 from esgrpo.train import grpo as grpo_trainer
 from esgrpo.train.budget import Budget
-
-if TYPE_CHECKING:
-    from esgrpo.models.policy import Policy
-    from esgrpo.train.ray_population import RayPopulationEvaluator
 
 Method = Literal["es", "grpo"]
 
@@ -128,7 +124,9 @@ def _train(method: Method, cfg: TrainConfig, train: list[Example], run: RunDir, 
                                        init_optimizer=init_optimizer)
     if cfg.es.backend == "sequential":
         return es_trainer.train_es(policy, task, train, cfg.es, run, resume=resume)
-    evaluator = ray_evaluator(cfg, policy, task, run)
+    from esgrpo.train.ray_population import evaluator_for
+
+    evaluator = evaluator_for(cfg, policy, task, run.path / "updates.jsonl")
     try:
         results = es_trainer.train_es(policy, task, train, cfg.es, run, resume=resume, evaluator=evaluator)
         evaluator.close()  # the workers' final weights must equal the driver's
@@ -138,18 +136,6 @@ def _train(method: Method, cfg: TrainConfig, train: list[Example], run: RunDir, 
                       "worker_restarts": evaluator.restarts, "worker_info": evaluator.worker_info}
     run.write_results(results)
     return results
-
-
-def ray_evaluator(cfg: TrainConfig, policy: Policy, task: Task, run: RunDir) -> RayPopulationEvaluator:
-    """ES members on Ray workers that load the base model themselves and follow the run's update log."""
-    from esgrpo.checkpoints import base_checkpoint
-    from esgrpo.models import resolve_model_path
-    from esgrpo.train.population import es_scorer
-    from esgrpo.train.ray_population import RayPopulationEvaluator
-
-    base = base_checkpoint(resolve_model_path(cfg.model, cfg.tiny))
-    return RayPopulationEvaluator(cfg.ray, base, cfg.model, es_scorer(task, cfg.es), cfg.es.sigma,
-                                  policy.named_parameters(), run.path / "updates.jsonl")
 
 
 def _checkpoint_step(ckpt: Path) -> int | None:

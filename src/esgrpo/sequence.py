@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,41 +81,57 @@ class Runner:
 
 
 def run_stages(runner: Runner, order: list[str], methods: list[str], base: str, out: Path,
-               header: dict[str, Any] | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The sequence for every method, resumable; returns the record with matrices and metrics.
+               header: dict[str, Any] | None = None, ray: Any = None) -> dict[str, Any]:
+    """The sequence for every method, resumable; returns sequence.json's contents (matrices, metrics).
 
-    header: the settings the record belongs to (JsonRecord refuses a record made with others)."""
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    The base is measured first; then each method's chain of stages is one job (parallel.run_jobs: here,
+    one after another, or in parallel on Ray with `ray` a RayConfig), keeping its progress in
+    `sequence-<method>.json` as every measurement finishes; finished methods are merged into
+    sequence.json. header: the settings the record belongs to (JsonRecord refuses other ones)."""
+    from esgrpo.parallel import Job, run_jobs
+
     out.mkdir(parents=True, exist_ok=True)
     rec = JsonRecord(out / "sequence.json", header, what="sequence settings")
     if "base" not in rec.data:
         rec.data["base"] = {"checkpoint": base, "accuracy": runner.accuracy(base), **runner.extras(base, base)}
         rec.save()
+    todo = [m for m in methods if not rec.has("methods", m, "metrics")]
+    jobs = [Job(f"sequence {m}", run_method, (runner, m, order, rec.data["base"], out / f"sequence-{m}.json"))
+            for m in todo]
+    for m, data in zip(todo, run_jobs(jobs, ray), strict=True):
+        rec.put(data, "methods", m)
+    return rec.data
+
+
+def run_method(runner: Runner, method: str, order: list[str], base: dict[str, Any], path: Path) -> dict[str, Any]:
+    """One method through every stage, resumable from its record at `path`; returns its stages and metrics.
+
+    A finished stage (trained and measured) is never recomputed; a stage interrupted after training and
+    before measuring is measured again."""
+    rec = JsonRecord(path)
+    stages = rec.data.setdefault("stages", [])
+    prev = base["checkpoint"]
     t0 = time.time()
-    for method in methods:
-        stages = rec.data.setdefault("methods", {}).setdefault(method, {"stages": []})["stages"]
-        prev = base
-        for s, task in enumerate(order, start=1):
-            if len(stages) >= s and "kl" in stages[s - 1]:  # finished stage: never recomputed
-                prev = stages[s - 1]["checkpoint"]
-                continue
-            log(f"[sequence] {method} stage {s}/{len(order)}: {task} ({time.time() - t0:.0f}s)")
-            if len(stages) < s:
-                ckpt = runner.train(method, s, task, prev)
-                stages.append({"task": task, "checkpoint": ckpt})
-                rec.save()
-            st = stages[s - 1]
-            if "accuracy" not in st:
-                st["accuracy"] = runner.accuracy(st["checkpoint"])
-                rec.save()
-            st.update(runner.extras(st["checkpoint"], prev))
+    for s, task in enumerate(order, start=1):
+        if len(stages) >= s and "kl" in stages[s - 1]:  # finished stage: never recomputed
+            prev = stages[s - 1]["checkpoint"]
+            continue
+        print(f"[sequence] {method} stage {s}/{len(order)}: {task} ({time.time() - t0:.0f}s)", file=sys.stderr,
+              flush=True)
+        if len(stages) < s:
+            stages.append({"task": task, "checkpoint": runner.train(method, s, task, prev)})
             rec.save()
-            prev = st["checkpoint"]
-        matrix = [rec.data["base"]["accuracy"]] + [st["accuracy"] for st in stages]
-        rec.data["methods"][method]["metrics"] = sequence_metrics(matrix, order)
-        rec.data["methods"][method]["kl_split"] = kl_split(
-            [{t: v["kl"] for t, v in st["kl"].items()} for st in stages], order)
+        st = stages[s - 1]
+        if "accuracy" not in st:
+            st["accuracy"] = runner.accuracy(st["checkpoint"])
+            rec.save()
+        st.update(runner.extras(st["checkpoint"], prev))
         rec.save()
+        prev = st["checkpoint"]
+    matrix = [base["accuracy"]] + [st["accuracy"] for st in stages]
+    rec.data["metrics"] = sequence_metrics(matrix, order)
+    rec.data["kl_split"] = kl_split([{t: v["kl"] for t, v in st["kl"].items()} for st in stages], order)
+    rec.save()
     return rec.data
 
 
@@ -247,4 +262,4 @@ def run_sequence(cfg: SequenceConfig) -> dict[str, Any]:
         if rec.data.get("settings") != settings_summary(cfg):
             rec.put(settings_summary(cfg), "settings")
         s = cfg.sequential
-        return run_stages(runner, s.order, s.methods, base, run.path)
+        return run_stages(runner, s.order, s.methods, base, run.path, ray=cfg.ray if cfg.parallel == "ray" else None)

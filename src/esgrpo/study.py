@@ -25,12 +25,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from esgrpo.config import EvalConfig, SequenceConfig, StudyConfig
 from esgrpo.errors import ConfigError
 from esgrpo.models import model_identity
+from esgrpo.parallel import Job, run_jobs
 from esgrpo.run import run_eval, run_training
 from esgrpo.runs import JsonRecord, RunDir, read_jsonl
 from esgrpo.tasks import examples_hash, load_task_examples
@@ -75,8 +77,11 @@ def train_es_cells(cfg: StudyConfig, task: str, root: Path) -> dict[str, Any]:
             "runs": {"es": es["run"]}}
 
 
-def train_grpo_cell(cfg: StudyConfig, task: str, root: Path, es_short_rollouts: int | None) -> dict[str, Any]:
-    """GRPO on `task` (budget_mode matched: exactly ES short's rollouts)."""
+def train_grpo_cell(cfg: StudyConfig, task: str, root: Path, es_short_rollouts: int | None = None,
+                    deps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """GRPO on `task` (budget_mode matched: exactly ES short's rollouts, given or from the ES job in `deps`)."""
+    if deps:
+        es_short_rollouts = deps[0]["budgets"]["es_short"]["rollouts"]
     grpo_cfg = cfg.grpo
     if cfg.budget_mode == "matched":
         if es_short_rollouts is None:
@@ -89,22 +94,6 @@ def train_grpo_cell(cfg: StudyConfig, task: str, root: Path, es_short_rollouts: 
               **{k: gr["train"].get(k) for k in _COST_KEYS}}
     return {"accuracy": {"grpo": gr["eval"]["final"][task]["accuracy"]}, "budgets": {"grpo": budget},
             "runs": {"grpo": gr["run"]}}
-
-
-def train_task(cfg: StudyConfig, task: str, root: Path, methods: tuple[str, ...] = ("es", "grpo"),
-               done: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The trained cells of one task (ES short + ES long, GRPO), merged into what `done` already holds."""
-    out: dict[str, Any] = {"accuracy": {}, "budgets": {}, "runs": {}, **(done or {})}
-
-    def merge(part: dict[str, Any]) -> None:
-        for k in ("accuracy", "budgets", "runs"):
-            out[k] = {**out.get(k, {}), **part[k]}
-
-    if "es" in methods:
-        merge(train_es_cells(cfg, task, root))
-    if "grpo" in methods:
-        merge(train_grpo_cell(cfg, task, root, out["budgets"].get("es_short", {}).get("rollouts")))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,18 +120,52 @@ def _base_eval(cfg: StudyConfig, root: Path) -> dict[str, Any]:
     return run_eval(ecfg, run_path=root / "runs" / f"base-{cfg.model.name}", tiny=cfg.tiny, reuse=True)
 
 
-def _extra_models(cfg: StudyConfig, root: Path) -> dict[str, Any]:
-    extra = {}
-    for name in cfg.extra_models if cfg.extra_n_test else []:
-        e = EvalConfig(model=dataclasses.replace(cfg.model, name=name),
-                       data=dataclasses.replace(cfg.data, n_test=cfg.extra_n_test),
-                       generation=dataclasses.replace(cfg.generation, max_new_tokens=cfg.extra_max_new_tokens,
-                                                      batch_size=min(cfg.generation.batch_size, 16)))
-        r = run_eval(e, run_path=root / "runs" / f"base-{name}", reuse=True)
-        extra[name] = {"parameters": r["parameters"], "n": cfg.extra_n_test,
-                       "accuracy": {t: v["accuracy"] for t, v in r["tasks"].items()},
-                       "truncated": {t: v["truncated_fraction"] for t, v in r["tasks"].items()}}
-    return extra
+def _extra_model(cfg: StudyConfig, root: Path, name: str) -> dict[str, Any]:
+    """A further model's base accuracy on extra_n_test examples per task."""
+    e = EvalConfig(model=dataclasses.replace(cfg.model, name=name),
+                   data=dataclasses.replace(cfg.data, n_test=cfg.extra_n_test),
+                   generation=dataclasses.replace(cfg.generation, max_new_tokens=cfg.extra_max_new_tokens,
+                                                  batch_size=min(cfg.generation.batch_size, 16)))
+    r = run_eval(e, run_path=root / "runs" / f"base-{name}", reuse=True)
+    return {"parameters": r["parameters"], "n": cfg.extra_n_test,
+            "accuracy": {t: v["accuracy"] for t, v in r["tasks"].items()},
+            "truncated": {t: v["truncated_fraction"] for t, v in r["tasks"].items()}}
+
+
+def study_jobs(cfg: StudyConfig, root: Path, cells: dict[str, tuple[str, ...]], results: dict[str, Any],
+               extra: bool) -> list[tuple[Job, Callable[[Any], None]]]:
+    """The study's independent runs as jobs, each with the function that merges its result into `results`:
+    ES runs first (the longest), then GRPO (after its task's ES when budget_mode is matched), the base
+    evaluation and the further models."""
+    jobs: list[tuple[Job, Callable[[Any], None]]] = []
+
+    def merge_task(task: str) -> Callable[[dict[str, Any]], None]:
+        def merge(part: dict[str, Any]) -> None:
+            t = results["tasks"].setdefault(task, {})
+            for k in ("accuracy", "budgets", "runs"):
+                t[k] = {**t.get(k, {}), **part[k]}
+        return merge
+
+    es_job: dict[str, int] = {}
+    for task, methods in cells.items():
+        if cfg.train and "es" in methods:
+            es_job[task] = len(jobs)
+            jobs.append((Job(f"{task} es", train_es_cells, (cfg, task, root)), merge_task(task)))
+    for task, methods in cells.items():
+        if cfg.train and "grpo" in methods:
+            after = (es_job[task],) if cfg.budget_mode == "matched" and task in es_job else ()
+            known = results["tasks"].get(task, {}).get("budgets", {}).get("es_short", {}).get("rollouts")
+            jobs.append((Job(f"{task} grpo", train_grpo_cell, (cfg, task, root, known), after=after), merge_task(task)))
+    if any("base" in m for m in cells.values()):
+        def merge_base(base: dict[str, Any]) -> None:
+            results.update({"model": cfg.model.name, "parameters": base["parameters"], "budget_mode": cfg.budget_mode,
+                            "base": {t: r["accuracy"] for t, r in base["tasks"].items()},
+                            "n_test": {t: r["n"] for t, r in base["tasks"].items()}})
+        jobs.append((Job("base eval", _base_eval, (cfg, root)), merge_base))
+    for name in cfg.extra_models if extra and cfg.extra_n_test else []:
+        jobs.append((Job(f"base {name}", _extra_model, (cfg, root, name)),
+                     lambda r, name=name: results.setdefault("extra_models", {}).__setitem__(name, r)))
+    return jobs
 
 
 def run_study(cfg: StudyConfig, only: list[str] | None = None) -> dict[str, Any]:
@@ -161,38 +184,29 @@ def run_study(cfg: StudyConfig, only: list[str] | None = None) -> dict[str, Any]
         results = record.data
         results.setdefault("tasks", {})
 
-        # 2. The base model.
-        if not only or any("base" in m for m in cells.values()):
-            base = _base_eval(cfg, root)
-            results.update({"model": cfg.model.name, "parameters": base["parameters"],
-                            "budget_mode": cfg.budget_mode, "build_seconds": t_build,
-                            "base": {t: r["accuracy"] for t, r in base["tasks"].items()},
-                            "n_test": {t: r["n"] for t, r in base["tasks"].items()}})
+        # 2-4. The runs: per task ES (short and long) and GRPO, the base evaluation, further models; independent,
+        #      so with parallel = ray they run as Ray tasks side by side. Each result lands in results.json as it
+        #      finishes; a finished run's directory is reused when the study is started again.
+        jobs = study_jobs(cfg, root, cells, results, extra=not only)
+        results["build_seconds"] = t_build
+        results.setdefault("extra_models", {})
+
+        def done(i: int, out: Any) -> None:
+            jobs[i][1](out)
             record.save()
 
-        # 3. Per task: ES short / ES long and GRPO (incremental: a crash keeps the finished tasks).
-        if cfg.train:
-            for i, (task, methods) in enumerate(cells.items()):
-                trained = tuple(m for m in methods if m != "base")
-                if trained:
-                    _say(f"task {i + 1}/{len(cells)}: {task} ({time.time() - t0:.0f}s elapsed)")
-                    results["tasks"][task] = train_task(cfg, task, root, trained, results["tasks"].get(task))
-                    record.save()
+        run_jobs([j for j, _ in jobs], cfg.ray if cfg.parallel == "ray" else None, on_done=done)
         if only:
             print(_cells_table(results, cells))
             if not _complete(results, cfg):
                 return results
             _say("every cell is done; finishing the study")
 
-        # 4. Further models' base accuracy.
-        results["extra_models"] = _extra_models(cfg, root)
-        record.save()
-
         # 5. Analyses; 6. the sequence.
         if cfg.train and cfg.analysis.enabled:
             from esgrpo.analysis.study import analyze_study
 
-            analyze_study(root, cfg, results)
+            analyze_study(root, cfg, results, ray=cfg.ray if cfg.parallel == "ray" else None)
         if cfg.train and cfg.sequential.enabled and len(cfg.data.tasks) > 1:
             from esgrpo.sequence import run_sequence
 
@@ -212,8 +226,9 @@ def sequence_config(cfg: StudyConfig) -> SequenceConfig:
     """The study's sequential part: its tasks in `sequential.order`, stage 1 reused from its runs."""
     order = [t for t in cfg.sequential.order if t in cfg.data.tasks]
     return SequenceConfig(model=cfg.model, tiny=cfg.tiny, data=cfg.data, generation=cfg.generation, es=cfg.es,
-                          grpo=cfg.grpo, sequential=dataclasses.replace(cfg.sequential, order=order),
-                          es_long_factor=cfg.es_long_factor, reuse=cfg.out, out=str(Path(cfg.out) / "sequence"))
+                          grpo=cfg.grpo, ray=cfg.ray, sequential=dataclasses.replace(cfg.sequential, order=order),
+                          es_long_factor=cfg.es_long_factor, reuse=cfg.out, out=str(Path(cfg.out) / "sequence"),
+                          parallel=cfg.parallel)
 
 
 def _complete(results: dict[str, Any], cfg: StudyConfig) -> bool:

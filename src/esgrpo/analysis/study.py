@@ -106,11 +106,20 @@ class _Context:
         return checkpoint_policy(self.ckpts[t][m], self.cfg.model)
 
 
-def analyze_study(root: str | Path, study_cfg: StudyConfig, results: dict[str, Any] | None = None) -> dict[str, Any]:
+TASK_PIECES = ("weights", "capability", "kl", "interpolation", "probes")  # + theory.walks: per trained task
+
+
+def analyze_study(root: str | Path, study_cfg: StudyConfig, results: dict[str, Any] | None = None,
+                  ray: Any = None) -> dict[str, Any]:
     """Run every analysis of the study in `root` (resumable); returns the contents of analysis.json.
 
-    analysis.json belongs to the analysis settings it was made with: other settings are refused, naming
-    the changed keys (delete the file to recompute)."""
+    The pieces shared by all tasks (cross-task cosines, the base model's held-out NLL and Fisher traces) run
+    here; each trained task's pieces are one job (parallel.run_jobs: here one after another, or on Ray in
+    parallel with `ray` a RayConfig) that keeps its progress in `analysis-<task>.json`, merged into
+    analysis.json as it finishes. analysis.json belongs to the analysis settings it was made with: other
+    settings are refused, naming the changed keys (delete the file to recompute)."""
+    from esgrpo.parallel import Job, run_jobs
+
     root = Path(root)
     results = results or read_json(root / "results.json")
     tasks = [t for t in study_cfg.data.tasks if t in results.get("tasks", {})]
@@ -119,16 +128,52 @@ def analyze_study(root: str | Path, study_cfg: StudyConfig, results: dict[str, A
     if not tasks:
         return store.data
     store.data["es_short_iterations"] = study_cfg.es.iterations
+    t0 = time.time()
     ctx = _Context(root, study_cfg, results, tasks, store)
+    _cross_task(ctx)                 # cosines between tasks' updates
+    _capability_base(ctx)            # the base model's held-out NLL
+    _fisher(ctx)                     # the base model's Fisher trace per task (off-task KL prediction)
+    todo = [t for t in tasks if not _task_done(store, t)]
+    for t in todo:  # a task record starts from what analysis.json already holds (resume)
+        _seed_task_record(store, root / f"analysis-{t}.json", t)
+
+    def merge(i: int, data: dict[str, Any]) -> None:
+        t = todo[i]
+        for piece in TASK_PIECES:
+            store.put(data[piece][t], piece, t)
+        store.put(data["theory"]["walks"][t], "theory", "walks", t)
+
+    run_jobs([Job(f"analysis {t}", analyze_task, (root, study_cfg, results, t)) for t in todo], ray, on_done=merge)
+    store.put(time.time() - t0 + store.data.get("seconds", 0.0), "seconds")
+    ctx.say("done")
+    return store.data
+
+
+def analyze_task(root: Path, study_cfg: StudyConfig, results: dict[str, Any], task: str) -> dict[str, Any]:
+    """Every analysis of one trained task, resumable from `analysis-<task>.json`; returns that record."""
+    store = JsonRecord(root / f"analysis-{task}.json")
+    ctx = _Context(root, study_cfg, results, [task], store)
     _weight_statistics(ctx)        # 1. norms, cosines, sparsity, rank (streamed from the checkpoints)
     _capability(ctx)               # 2. held-out pretraining NLL
     _kl_drift(ctx)                 # 3. KL to the base on every task's prompts
     _connectivity(ctx)             # 4. interpolation paths and barriers
     _probes(ctx)                   # 5. direction probes
     _theory(ctx)                   # 6. the random-walk theory against the ES runs
-    store.put(time.time() - ctx.t0 + store.data.get("seconds", 0.0), "seconds")
-    ctx.say("done")
     return store.data
+
+
+def _task_done(store: JsonRecord, t: str) -> bool:
+    return all(store.has(piece, t) for piece in TASK_PIECES) and store.has("theory", "walks", t)
+
+
+def _seed_task_record(store: JsonRecord, path: Path, t: str) -> None:
+    rec = JsonRecord(path)
+    for piece in TASK_PIECES:
+        if store.has(piece, t) and not rec.has(piece, t):
+            rec.data.setdefault(piece, {})[t] = store.at(piece, t)
+    if store.has("theory", "walks", t) and not rec.has("theory", "walks", t):
+        rec.data.setdefault("theory", {}).setdefault("walks", {})[t] = store.at("theory", "walks", t)
+    rec.save()
 
 
 def _weight_statistics(ctx: _Context) -> None:
@@ -136,6 +181,9 @@ def _weight_statistics(ctx: _Context) -> None:
         if not ctx.store.has("weights", t):
             ctx.say(f"weights: {t}")
             ctx.store.put(_weights_summary(ctx.base, ctx.ckpts[t], ctx.a), "weights", t)
+
+
+def _cross_task(ctx: _Context) -> None:
     if not ctx.store.has("cross_task") and len(ctx.tasks) > 1:
         cross: dict[str, Any] = {}
         for m in ("es_long", "grpo"):
@@ -145,13 +193,18 @@ def _weight_statistics(ctx: _Context) -> None:
         ctx.store.put(cross, "cross_task")
 
 
-def _capability(ctx: _Context) -> None:
-    if ctx.heldout is None:
-        return
-    if not ctx.store.has("capability", "base"):
+def _capability_base(ctx: _Context) -> None:
+    if ctx.heldout is not None and not ctx.store.has("capability", "base"):
         ctx.say("held-out NLL: base")
         ctx.store.put(heldout_nll(ctx.policy, ctx.base, ctx.a.heldout_docs), "capability", "base")
+
+
+def _capability(ctx: _Context) -> None:
     for t in ctx.tasks:
+        if ctx.heldout is None:  # no held-out pretraining slice (only the tiny model has one)
+            if not ctx.store.has("capability", t):
+                ctx.store.put({}, "capability", t)
+            continue
         for m in METHODS:
             if not ctx.store.has("capability", t, m):
                 ctx.store.put(heldout_nll(ctx.trained(t, m), ctx.base, ctx.a.heldout_docs), "capability", t, m)
@@ -207,15 +260,20 @@ def _probes(ctx: _Context) -> None:
         ctx.store.put(res, "probes", t)
 
 
-def _theory(ctx: _Context) -> None:
-    """ES long's walk replayed from its log against the predictions; GRPO's direction for the aligned part."""
-    from esgrpo.theory.validate import fisher_trace, walk_drift
+def _fisher(ctx: _Context) -> None:
+    from esgrpo.theory.validate import fisher_trace
 
     if not ctx.store.has("theory", "fisher"):
         ctx.say("Fisher traces of the base model per task")
         ctx.store.put({k: fisher_trace(ctx.policy, v[:ctx.a.kl_prompts], k, ctx.a.kl_prompts,
                                        ctx.a.kl_max_new_tokens, ctx.a.seed) for k, v in ctx.test.items()},
                       "theory", "fisher")
+
+
+def _theory(ctx: _Context) -> None:
+    """ES long's walk replayed from its log against the predictions; GRPO's direction for the aligned part."""
+    from esgrpo.theory.validate import walk_drift
+
     for t in ctx.tasks:
         if ctx.store.has("theory", "walks", t):
             continue

@@ -339,6 +339,13 @@ class SequenceConfig(SetupConfig):
     reuse: str = F("", "A study directory whose single-task runs on the first task serve as stage 1; its "
                    "model, data and trainer settings must equal this config's (checked).", control=True)
     out: str = F("runs/sequence", "Output directory (sequence.json, runs/).", control=True)
+    parallel: Literal["sequential", "ray"] = F(
+        "sequential", "sequential: the independent runs one after another in this process; ray: as Ray tasks in "
+        "parallel (ray.workers at a time, ray.threads_per_worker threads each; set model.threads to the same "
+        "value, so the runs equal a sequential study's bit for bit).", control=True)
+
+    def check(self) -> None:
+        check_parallel_threads(self)
 
 
 @dataclass
@@ -358,6 +365,13 @@ class StudyConfig(SetupConfig):
                  "runs/).", control=True)
     analysis: AnalysisConfig = sub(AnalysisConfig)
     sequential: SequentialSettings = sub(SequentialSettings)
+    parallel: Literal["sequential", "ray"] = F(
+        "sequential", "sequential: the independent runs one after another in this process; ray: as Ray tasks in "
+        "parallel (ray.workers at a time, ray.threads_per_worker threads each; set model.threads to the same "
+        "value, so the runs equal a sequential study's bit for bit).", control=True)
+
+    def check(self) -> None:
+        check_parallel_threads(self)
 
     def quick(self) -> StudyConfig:
         """The --quick variant (a smoke run, ~5 min on 2 cores): small budgets, test sets and analysis grids, no
@@ -378,6 +392,14 @@ class StudyConfig(SetupConfig):
         """The training run of one task with this study's model, data and trainer settings."""
         return TrainConfig(model=self.model, tiny=self.tiny, data=self.data, generation=self.generation,
                            es=self.es, grpo=self.grpo, ray=self.ray, task=task)
+
+
+def check_parallel_threads(cfg: StudyConfig | SequenceConfig) -> None:
+    """Runs on Ray use ray.threads_per_worker threads; the config must say so in model.threads too (part of
+    every run's identity), or the run directories would be labelled with a thread count they did not use."""
+    if cfg.parallel == "ray" and cfg.model.threads != cfg.ray.threads_per_worker:
+        raise ConfigError(f"parallel = ray runs every run with ray.threads_per_worker = {cfg.ray.threads_per_worker} "
+                          f"threads, but model.threads = {cfg.model.threads}: set both to the same value")
 
 
 COMMAND_CONFIGS = (EvalConfig, BuildConfig, TrainConfig, SequenceConfig, StudyConfig)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from torch import Tensor
 
 from esgrpo.config import ModelConfig, RayConfig
 from esgrpo.errors import EsgrpoError
+from esgrpo.parallel import check_resources, connect
 from esgrpo.runs import read_jsonl
 from esgrpo.train.population import Batch, Member, PopulationResult, TaskScorer
 
@@ -57,46 +57,6 @@ def fingerprint(params: list[tuple[str, Tensor]]) -> str:
 
 def _size(obj: Any) -> int:
     return len(pickle.dumps(obj, protocol=5))
-
-
-# ----------------------------------------------------------------------------------------------
-# Connecting to Ray
-
-
-def connect(cfg: RayConfig) -> dict[str, float]:
-    """Start a local Ray (address empty) or join a cluster; returns its resources. Every failure is one
-    EsgrpoError naming the address, within `connect_timeout` seconds."""
-    import ray
-
-    if not ray.is_initialized():
-        if cfg.address and cfg.address != "auto":
-            host, _, port = cfg.address.rpartition(":")
-            try:
-                socket.create_connection((host or "127.0.0.1", int(port)), timeout=cfg.connect_timeout).close()
-            except (OSError, ValueError) as e:
-                raise EsgrpoError(f"ray.address = {cfg.address!r}: cannot reach a Ray head there "
-                                  f"({type(e).__name__}: {e}); start one with `ray start --head` or leave "
-                                  "ray.address empty for a local Ray") from None
-        try:
-            if cfg.address:
-                ray.init(address=cfg.address, log_to_driver=False, logging_level="ERROR")
-            else:
-                ray.init(num_cpus=cfg.cpus or None, include_dashboard=False, log_to_driver=False,
-                         logging_level="ERROR")
-        except Exception as e:  # ConnectionError, RuntimeError, ...: one line, not a Ray traceback
-            where = f"ray.address = {cfg.address!r}" if cfg.address else "a local Ray"
-            raise EsgrpoError(f"{where}: Ray did not start ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:300]})") from None
-    return ray.cluster_resources()
-
-
-def check_resources(cfg: RayConfig, resources: dict[str, float]) -> None:
-    """More workers than the cluster's CPUs (or GPUs) fails before any work, naming both numbers."""
-    for kind, per in (("CPU", cfg.cpus_per_worker), ("GPU", cfg.gpus_per_worker)):
-        need, have = cfg.workers * per, resources.get(kind, 0.0)
-        if per and need > have:
-            raise EsgrpoError(f"ray.workers = {cfg.workers} x ray.{kind.lower()}s_per_worker = {per:g} needs {need:g} "
-                              f"{kind}s; the Ray cluster has {have:g}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,3 +288,15 @@ class RayPopulationEvaluator:
         for w in self.workers:
             ray.kill(w)
         self.workers = []
+
+
+def evaluator_for(cfg: Any, policy: Any, task: Any, updates_path: str | Path) -> RayPopulationEvaluator:
+    """The Ray evaluator of a training config (cfg: TrainConfig): workers load the base model that the
+    driver's `policy` was loaded from and follow the run's update log at `updates_path`."""
+    from esgrpo.checkpoints import base_checkpoint
+    from esgrpo.models import resolve_model_path
+    from esgrpo.train.population import es_scorer
+
+    base = base_checkpoint(resolve_model_path(cfg.model, cfg.tiny))
+    return RayPopulationEvaluator(cfg.ray, base, cfg.model, es_scorer(task, cfg.es), cfg.es.sigma,
+                                  policy.named_parameters(), updates_path)
