@@ -12,7 +12,7 @@ import torch
 
 from conftest import StubTask, make_micro_policy
 from esgrpo.checkpoints import same_weights, step_name
-from esgrpo.errors import ConfigError
+from esgrpo.errors import ConfigError, EsgrpoError
 from esgrpo.runs import RunDir
 from esgrpo.tasks.base import Example
 from esgrpo.train.es import (
@@ -25,7 +25,7 @@ from esgrpo.train.es import (
     train_es,
     zscore,
 )
-from esgrpo.train.noise import tensor_noise
+from esgrpo.train.noise import NOISE_VERSION, tensor_noise
 from esgrpo.train.population import Batch, PopulationResult, Score, SequentialEvaluator, TaskScorer
 
 
@@ -278,6 +278,35 @@ def test_replay_rebuilds_the_weights_bit_exactly(tmp_path, dtype):
     replay_run(run.path, out_dir=tmp_path / "upto1", upto=1)
     assert same_weights(tmp_path / "upto1", run.path / "checkpoints" / step_name(1))
     assert not same_weights(tmp_path / "upto1", run.path / "checkpoints" / "final")
+
+
+def test_a_log_made_with_another_noise_version_is_neither_replayed_nor_resumed(tmp_path):
+    import json
+
+    run = RunDir(tmp_path / "run")
+    train_es(make_micro_policy(), FakeTask(), EXAMPLES, small_cfg(iterations=2, checkpoint_every=1), run)
+    rows = run.metrics("updates.jsonl")
+    assert {r["noise"] for r in rows} == {NOISE_VERSION}
+    for r in rows:  # as an esgrpo with the earlier per-tensor torch.Generator noise wrote them
+        del r["noise"]
+    (run.path / "updates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(EsgrpoError, match="noise version 'v1 .*this esgrpo draws"):
+        replay_run(run.path)
+    with pytest.raises(EsgrpoError, match="cannot resume .* noise version"):
+        train_es(make_micro_policy(), FakeTask(), EXAMPLES, small_cfg(iterations=3, checkpoint_every=1), run,
+                 resume=True)
+
+
+@pytest.mark.parametrize("chunk", [4, 36, 1 << 22])
+def test_apply_update_does_not_depend_on_the_chunk_size(chunk):
+    policy = make_micro_policy()
+    params = policy.named_parameters()
+    members, coefs = [(11, 1), (12, -1), (13, 1)], [0.01, 0.02, -0.005]
+    reference = make_micro_policy()
+    apply_update(reference.named_parameters(), members, coefs)
+    apply_update(params, members, coefs, chunk=chunk)
+    for (name, p), (_, q) in zip(params, reference.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):

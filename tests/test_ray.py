@@ -99,13 +99,13 @@ def test_a_worker_killed_mid_iteration_is_replaced_and_the_run_is_undisturbed(tm
     seq, _, _ = _run(tmp_path, "seq", None)
     killed = []
 
-    def kill_worker_0(ev, slot: int, index: int) -> None:
-        """In iteration 2, right after worker 0 got member 2: the equivalent of kill -9."""
-        if not killed and ev.iterations == 1 and slot == 0 and index == 2:
+    def kill_the_worker_of_member_2(ev, slot: int, index: int) -> None:
+        """In iteration 2, right after a worker got member 2: the equivalent of kill -9."""
+        if not killed and ev.iterations == 1 and index == 2:
             killed.append(index)
-            ray.kill(ev.workers[0], no_restart=True)
+            ray.kill(ev.workers[slot], no_restart=True)
 
-    run, _, ev = _run(tmp_path, "killed", 2, on_submit=kill_worker_0)
+    run, _, ev = _run(tmp_path, "killed", 2, on_submit=kill_the_worker_of_member_2)
     assert killed == [2] and ev.restarts == 1
     assert _updates(run) == _updates(seq)
     assert same_weights(run.path / "checkpoints" / "final", seq.path / "checkpoints" / "final")

@@ -173,13 +173,16 @@ def test_peak_memory_has_one_definition_for_both_trainers(tmp_path):
 
 
 def test_peak_memory_added_counts_what_the_block_allocates():
+    import time
+
     import torch
 
     from esgrpo.memory import PeakMemory
 
     with PeakMemory("cpu") as mem:
-        x = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, held long enough for the 5 ms sampler to see it
         x.add_(1)
+        time.sleep(0.05)
         del x
     assert mem.added_bytes >= 60 * 2**20 and mem.peak_bytes >= mem.start_bytes + mem.added_bytes - 1
 

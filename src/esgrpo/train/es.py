@@ -48,7 +48,7 @@ from esgrpo.runs import RunDir, read_jsonl
 from esgrpo.tasks.base import Example, Task
 from esgrpo.train.budget import Budget
 from esgrpo.train.kl import kl_to_reference
-from esgrpo.train.noise import derive_seed, tensor_noise
+from esgrpo.train.noise import CHUNK, NOISE_VERSION, accumulate, chunks, derive_seed
 from esgrpo.train.population import Batch, Member, PopulationEvaluator, SequentialEvaluator, es_scorer
 
 __all__ = ["ESConfig", "apply_update", "draw_batch", "draw_members", "replay", "replay_run", "train_es", "zscore"]
@@ -101,24 +101,29 @@ def zscore(fitness: list[float]) -> list[float]:
 
 
 @torch.no_grad()
-def apply_update(params: list[tuple[str, Tensor]], members: list[Member], coefs: list[float]) -> float:
-    """theta += sum_n coef_n * sign_n * eps_n, per tensor in float32, rounded once; returns ||delta||.
+def apply_update(params: list[tuple[str, Tensor]], members: list[Member], coefs: list[float],
+                 chunk: int = CHUNK) -> float:
+    """theta += sum_n coef_n * sign_n * eps_n, per element in float32, rounded once; returns ||delta||.
 
-    The single place where weights change during ES: the trainer and `replay` both call it with the
-    same (members, coefs) in the same order, which is what makes replay bit-exact. Members with a
-    zero coefficient are skipped (adding 0 * eps would change nothing but cost a noise draw).
+    The single place where weights change during ES: the trainer, the Ray workers and `replay` all call it
+    with the same (members, coefs) in the same order, which is what makes replay bit-exact. It works chunk
+    by chunk (no parameter-sized float32 buffer); every element sums the members in the same order, so the
+    result does not depend on the chunk size. Members with a zero coefficient are skipped (adding 0 * eps
+    would change nothing but cost a noise draw).
     """
     active = [(m, c) for m, c in zip(members, coefs, strict=True) if c != 0.0]
     if not active:
         return 0.0
     sq = 0.0
     for name, p in params:
-        acc = p.detach().to(torch.float32, copy=True)
-        for (seed, sign), coef in active:
-            acc.add_(tensor_noise(seed, name, p.shape, p.device), alpha=coef * sign)
-        new = acc.to(p.dtype)
-        sq += float(torch.linalg.vector_norm(new.float() - p.float())) ** 2
-        p.copy_(new)
+        flat = p.view(-1)
+        for s, e in chunks(p.numel(), chunk):
+            acc = flat[s:e].to(torch.float32, copy=True)
+            for (seed, sign), coef in active:
+                acc = accumulate(acc, s, seed, name, coef * sign)
+            new = acc.to(p.dtype)
+            sq += float(torch.linalg.vector_norm(new.float() - flat[s:e].float())) ** 2
+            flat[s:e] = new
     return math.sqrt(sq)
 
 
@@ -182,7 +187,7 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
             #    its time is not training time).
             run.log({"iteration": it, "seeds": [s for s, _ in members], "signs": [g for _, g in members],
                      "coefs": coefs, "fitness": pop.fitness, "sigma": cfg.sigma, "alpha": cfg.alpha,
-                     "indices": batch.indices}, file="updates.jsonl")
+                     "indices": batch.indices, "noise": NOISE_VERSION}, file="updates.jsonl")
             row = {"iteration": it, **_stats(pop.fitness), "rollouts": budget.rollouts, "tokens": budget.tokens,
                    "seconds": budget.seconds, "iteration_seconds": time.perf_counter() - t0,
                    **{f"t_{k}": v for k, v in pop.seconds.items()}, "t_update": t_update,
@@ -292,6 +297,9 @@ def _resume(policy: Policy, run: RunDir, cfg: ESConfig, budget: Budget) -> int:
     def log(msg: str) -> None:
         print(f"[es] {msg}", file=sys.stderr, flush=True)
 
+    logged = read_jsonl(run.path / "updates.jsonl")
+    if logged:
+        check_noise_version(logged[0], f"cannot resume {run.path}")
     found = load_resumable(run.path, "iteration", load, log=log)
     if found is None:
         log(f"no usable checkpoint in {run.path}; starting from the beginning")
@@ -323,7 +331,18 @@ def read_updates(updates_jsonl: str | Path) -> list[dict[str, Any]]:
                               "damaged")
         if not len(row["seeds"]) == len(row["signs"]) == len(row["coefs"]):
             raise EsgrpoError(f"{updates_jsonl}, line {i}: seeds, signs and coefs differ in length")
+        check_noise_version(row, f"{updates_jsonl}, line {i}")
     return rows
+
+
+def check_noise_version(row: dict[str, Any], where: str) -> None:
+    """A log row made with another noise generator cannot be replayed or continued: its seeds would
+    mean other noise, and so other weights."""
+    version = row.get("noise", "v1 (per-tensor torch.Generator, esgrpo before the counter-based noise)")
+    if version != NOISE_VERSION:
+        raise EsgrpoError(f"{where}: made with noise version {version!r}, but this esgrpo draws {NOISE_VERSION!r}; "
+                          "the seeds would give other noise and other weights. Use the esgrpo version that made "
+                          "the run, or start a new run")
 
 
 def replay(base_checkpoint_dir: str | Path, updates_jsonl: str | Path, out_dir: str | Path | None = None,

@@ -1,24 +1,52 @@
-"""ES noise: regenerated from seeds (never stored), independent per tensor; exact perturb/restore.
+"""ES noise: counter-based Gaussians computed on the tensor's own device, never stored; exact restore.
 
-Two defects of the public ES implementations are avoided here (Hoy, Wang, Pan, arXiv 2604.01499; listed in the README):
+eps for (member seed, tensor name, element index i), noise version NOISE_VERSION:
+    key (k0, k1)  = the first two 32-bit words of sha256(f"{member_seed}:{tensor_name}")
+    words x0..x3  = Philox4x32-10(counter = (c mod 2^32, c div 2^32, 0, 0), key), c = i // 4
+                    (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3"), written with
+                    int64 tensor ops whose every intermediate stays below 2^63: the same integers on
+                    CPU and CUDA
+    u_j           = ((x_j >> 8) + 0.5) / 2^24, uniforms in (0, 1) exactly representable in float32
+    eps[4c + 0, 1] = sqrt(-2 ln u0) (cos 2 pi u1, sin 2 pi u1);  eps[4c + 2, 3] likewise from u2, u3
+So an element's noise depends on (seed, name, index) only: not on the device, the chunking or which
+other elements are drawn. The float transforms (log, sqrt, sin, cos in float32) can differ in their
+last bits between math libraries (CPU vs CUDA, compiled vs eager; the tests measure it); a run and its
+replay on the same machine use the same implementation and agree bit for bit.
 
-- One generator seeded with the member seed for every tensor gives all same-shape tensors the
-  same noise (every layer's q_proj moves identically). Here each tensor gets its own stream,
-  seeded from sha256(f"{member_seed}:{tensor_name}"), so tensors are perturbed independently.
-- Restoring by subtracting regenerated noise in bf16 does not round-trip: (w + s*e) - s*e != w
-  after rounding, and the error accumulates over thousands of cycles. Here the unperturbed weights
-  are kept in one parameter-sized buffer and copied back, which is bit-exact in any dtype.
+Perturb and update work through the tensors in chunks of CHUNK elements, so ES needs no
+parameter-sized noise buffer: its extra memory is the backup copy of the weights plus one chunk.
+On CPU and CUDA the chunk kernels are compiled with torch.compile (fused: the noise is never
+materialized), falling back to the same ops eagerly where compiling is unavailable
+(ESGRPO_NOISE_COMPILE=0 forces eager).
 
-Noise is drawn on the CPU in float32 and then moved, so a seed means the same numbers on every
-device and dtype (a bf16 model and its fp32 twin see the same eps before rounding).
+Two defects of the public ES implementations are avoided here (Hoy, Wang, Pan, arXiv 2604.01499;
+listed in the README):
+- One generator seeded with the member seed for every tensor gives all same-shape tensors the same
+  noise (every layer's q_proj moves identically). Here each tensor has its own key.
+- Restoring by subtracting regenerated noise in bf16 does not round-trip: (w + s*e) - s*e != w after
+  rounding, and the error accumulates over thousands of cycles. Here the unperturbed weights are kept
+  in one parameter-sized buffer and copied back, which is bit-exact in any dtype.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
+
+NOISE_VERSION = "philox4x32-10/box-muller-f32/v2"  # recorded in updates.jsonl; replay refuses other versions
+CHUNK = 1 << 22  # elements per chunk (16 MiB of float32)
+
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox4x32 multipliers
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
+_MASK = 0xFFFFFFFF
+_ROUNDS = 10
+_PAD = 64  # counters per vector block (256 elements)
 
 
 def derive_seed(*parts: object) -> int:
@@ -31,28 +59,151 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def tensor_seed(member_seed: int, name: str) -> int:
-    """The generator seed of one tensor's noise for one population member."""
-    return derive_seed(member_seed, name)
+def tensor_key(member_seed: int, name: str) -> tuple[int, int]:
+    """The Philox key of one tensor's noise for one population member."""
+    digest = hashlib.sha256(f"{member_seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:4], "big"), int.from_bytes(digest[4:8], "big")
+
+
+# ----------------------------------------------------------------------------------------------
+# The generator, in integer tensor ops
+
+
+def _mulhilo(m: int, b: Tensor) -> tuple[Tensor, Tensor]:
+    """(high, low) 32-bit words of m * b for a constant m < 2^32 and int64 b < 2^32, exactly: m is split in
+    16-bit halves so no product exceeds 2^48 (no signed overflow anywhere)."""
+    p1 = b * (m >> 16)
+    p0 = b * (m & 0xFFFF)
+    t = p0 + ((p1 & 0xFFFF) << 16)
+    return (p1 >> 16) + (t >> 32), t & _MASK
+
+
+def philox4x32(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: Tensor | int,
+               k1: Tensor | int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Philox4x32-10 on int64 tensors holding 32-bit words (checked against the Random123 known answers)."""
+    for _ in range(_ROUNDS):
+        hi0, lo0 = _mulhilo(_M0, c0)
+        hi1, lo1 = _mulhilo(_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + _W0) & _MASK
+        k1 = (k1 + _W1) & _MASK
+    return c0, c1, c2, c3
+
+
+def _normals(k0: Tensor, k1: Tensor, first: Tensor, count: int) -> Tensor:
+    """4 * count float32 normals for the counters first .. first + count - 1 (k0, k1, first: int64 scalars)."""
+    ctr = torch.arange(count, dtype=torch.int64, device=k0.device) + first
+    zero = torch.zeros_like(ctr)
+    x = philox4x32(ctr & _MASK, ctr >> 32, zero, zero, k0, k1)
+    u = [((w >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0) for w in x]
+    r0, r1 = torch.sqrt(-2.0 * torch.log(u[0])), torch.sqrt(-2.0 * torch.log(u[2]))
+    a0, a1 = (2.0 * math.pi) * u[1], (2.0 * math.pi) * u[3]
+    return torch.stack([r0 * torch.cos(a0), r0 * torch.sin(a0), r1 * torch.cos(a1), r1 * torch.sin(a1)],
+                       dim=1).reshape(-1)
+
+
+def _perturbed(backup: Tensor, k0: Tensor, k1: Tensor, first: Tensor, offset: int, scale: Tensor) -> Tensor:
+    """backup + scale * eps, computed in float32 and rounded once to backup's dtype (backup: a flat chunk
+    starting at element 4 * first + offset)."""
+    n = backup.numel()
+    eps = _normals(k0, k1, first, _padded(offset, n))[offset:offset + n]
+    return (backup.to(torch.float32) + scale * eps).to(backup.dtype)
+
+
+def _padded(offset: int, n: int) -> int:
+    """Counters to draw for n elements at `offset`: a multiple of _PAD, so vectorized kernels have no scalar
+    tail (a tail's math library can round differently, which would tie an element's value to the chunking)."""
+    return -(-(offset + n) // (4 * _PAD)) * _PAD
+
+
+def _noise(k0: Tensor, k1: Tensor, first: Tensor, offset: int, n: int) -> Tensor:
+    """The n normals starting at element 4 * first + offset."""
+    return _normals(k0, k1, first, _padded(offset, n))[offset:offset + n]
+
+
+def _accumulated(acc: Tensor, k0: Tensor, k1: Tensor, first: Tensor, offset: int, coef: Tensor) -> Tensor:
+    """acc + coef * eps in float32 (acc: a flat float32 chunk starting at element 4 * first + offset)."""
+    n = acc.numel()
+    return acc + coef * _normals(k0, k1, first, _padded(offset, n))[offset:offset + n]
+
+
+# ----------------------------------------------------------------------------------------------
+# Compiled kernels (fused, so the noise is never materialized), eager where compiling is unavailable
+
+
+_KERNELS: dict[tuple[str, str], Callable[..., Tensor]] = {}
+
+
+def _kernel(fn: Callable[..., Tensor], device: torch.device) -> Callable[..., Tensor]:
+    key = (fn.__name__, device.type)
+    if key not in _KERNELS:
+        _KERNELS[key] = fn
+        if os.environ.get("ESGRPO_NOISE_COMPILE", "1") != "0" and device.type in ("cpu", "cuda"):
+            compiled = torch.compile(fn, dynamic=True)
+
+            def guarded(*args: object) -> Tensor:
+                try:
+                    return compiled(*args)
+                except Exception as e:  # no C++ compiler, no Triton, ...: the eager ops give the same integers
+                    print(f"[noise] torch.compile unavailable on {device.type} ({type(e).__name__}); "
+                          "drawing noise eagerly (slower)", file=sys.stderr, flush=True)
+                    _KERNELS[key] = fn
+                    return fn(*args)
+
+            _KERNELS[key] = guarded
+    return _KERNELS[key]
+
+
+def _scalars(member_seed: int, name: str, device: torch.device) -> tuple[Tensor, Tensor]:
+    k0, k1 = tensor_key(member_seed, name)
+    return (torch.tensor(k0, dtype=torch.int64, device=device), torch.tensor(k1, dtype=torch.int64, device=device))
+
+
+def chunks(numel: int, chunk: int = CHUNK) -> Iterator[tuple[int, int]]:
+    """(start, stop) element ranges covering 0..numel; starts are multiples of 4 when chunk is."""
+    for s in range(0, numel, chunk):
+        yield s, min(numel, s + chunk)
+
+
+def _counter(start: int, device: torch.device) -> tuple[Tensor, int]:
+    return torch.tensor(start // 4, dtype=torch.int64, device=device), start % 4
 
 
 def tensor_noise(member_seed: int, name: str, shape: torch.Size | tuple[int, ...],
-                 device: torch.device | str | None = None) -> Tensor:
-    """eps ~ N(0, I) in float32 for tensor `name` of member `member_seed` (same inputs, same numbers)."""
-    g = torch.Generator(device="cpu").manual_seed(tensor_seed(member_seed, name))
-    eps = torch.randn(tuple(shape), generator=g, dtype=torch.float32)
-    return eps if device is None or torch.device(device).type == "cpu" else eps.to(device)
+                 device: torch.device | str | None = None, chunk: int = CHUNK) -> Tensor:
+    """eps ~ N(0, I) in float32 for tensor `name` of member `member_seed`, computed on `device` (default CPU).
+
+    A full tensor, for analyses and tests; the trainer never materializes it (Perturbation, accumulate)."""
+    device = torch.device(device or "cpu")
+    k0, k1 = _scalars(member_seed, name, device)
+    numel = math.prod(shape)
+    out = torch.empty(numel, dtype=torch.float32, device=device)
+    run = _kernel(_noise, device)
+    for s, e in chunks(numel, chunk):
+        first, offset = _counter(s, device)
+        out[s:e] = run(k0, k1, first, offset, e - s)
+    return out.view(tuple(shape))
+
+
+def accumulate(acc: Tensor, start: int, member_seed: int, name: str, coef: float) -> Tensor:
+    """acc + coef * eps[start : start + len(acc)] of tensor `name` (acc: flat float32): the update's inner step."""
+    k0, k1 = _scalars(member_seed, name, acc.device)
+    first, offset = _counter(start, acc.device)
+    return _kernel(_accumulated, acc.device)(acc, k0, k1, first, offset,
+                                            torch.tensor(coef, dtype=torch.float32, device=acc.device))
 
 
 class Perturbation:
     """Perturb named parameters in place (theta + sign * sigma * eps) and restore them bit-exactly.
 
-    Holds one copy of the unperturbed weights (the only extra parameter-sized memory ES needs);
-    call `snapshot()` whenever the weights changed for another reason (an update, a resume).
+    Holds one copy of the unperturbed weights (the only parameter-sized memory ES adds); the noise is
+    computed chunk by chunk on the weights' device. Call `snapshot()` whenever the weights changed for
+    another reason (an update, a resume).
     """
 
-    def __init__(self, params: list[tuple[str, Tensor]]) -> None:
+    def __init__(self, params: list[tuple[str, Tensor]], chunk: int = CHUNK) -> None:
         self.params = params
+        self.chunk = chunk
         with torch.no_grad():
             self.backup = [p.detach().clone() for _, p in params]
         self.perturbed = False
@@ -70,10 +221,15 @@ class Perturbation:
         """Set every tensor to backup + sign * sigma * eps, computed in float32, rounded once."""
         if self.perturbed:
             raise RuntimeError("already perturbed; restore() before the next member")
-        scale = float(sign) * float(sigma)
         for b, (name, p) in zip(self.backup, self.params, strict=True):
-            eps = tensor_noise(member_seed, name, p.shape, p.device)
-            p.copy_((b.float() + scale * eps).to(p.dtype))
+            device = p.device
+            k0, k1 = _scalars(member_seed, name, device)
+            scale = torch.tensor(float(sign) * float(sigma), dtype=torch.float32, device=device)
+            run = _kernel(_perturbed, device)
+            flat, back = p.view(-1), b.view(-1)
+            for s, e in chunks(p.numel(), self.chunk):
+                first, offset = _counter(s, device)
+                flat[s:e] = run(back[s:e], k0, k1, first, offset, scale)
         self.perturbed = True
 
     @torch.no_grad()
