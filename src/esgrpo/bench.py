@@ -1,4 +1,5 @@
-"""`esgrpo bench es|grpo`: where the time of an ES iteration / GRPO step goes, and peak memory.
+"""`esgrpo bench es|grpo|rollout`: where the time of an ES iteration / GRPO step goes, peak memory, and
+the decoding speed of our rollouts against Hugging Face's `generate`.
 
 Runs a few iterations/steps of the configured trainer in a scratch run directory and prints the
 mean seconds per phase (from the trainer's own per-phase timers in metrics.jsonl), their share of
@@ -107,4 +108,63 @@ def bench(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int = 3, 
              f"{statistics.median(r['bytes_from_workers'] for r in ray_rows):.0f}; prompts and sampling seeds "
              f"{statistics.median(r['bytes_batch'] for r in ray_rows):.0f} (all workers, counted apart)",
              _memory(runs["sequential"][-1][1]) + " [sequential driver]"]
+    return "\n".join(lines)
+
+
+def bench_rollout(cfg: TrainConfig, batch: int = 64, repeats: int = 3) -> str:
+    """Our decoding (the lean Llama step where it applies, and the generic loop) against Hugging Face's
+    `generate` on the same model, prompts and batch, greedy, interleaved `repeats` times: generated tokens
+    per second (medians) and how many responses are token-identical."""
+    import time
+
+    import torch
+
+    from esgrpo.rollout import generate, left_pad
+
+    task = get_task(cfg.task)
+    d = cfg.data
+    examples = load_examples(cfg.task, d.source, "test", batch, seed=d.seed, path=d.data_paths.get(cfg.task))
+    policy = load_policy(cfg.model, cfg.tiny)
+    prompts = policy.encode([task.messages(ex) for ex in examples])
+    new = cfg.generation.max_new_tokens
+    eos = sorted(policy.eos_ids)
+
+    def ours(lean: bool) -> list[list[int]]:
+        out = generate(policy.model, prompts, eos_ids=policy.eos_ids, pad_id=policy.pad_id, max_new_tokens=new,
+                       lean=lean)
+        return out.response_ids
+
+    @torch.no_grad()
+    def hf() -> list[list[int]]:
+        ids, mask = left_pad(prompts, policy.pad_id, policy.device)
+        out = policy.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
+                                    pad_token_id=policy.pad_id, eos_token_id=eos)
+        rows = []
+        for row in out[:, ids.shape[1]:].tolist():  # up to and including the first EOS, as ours
+            n = next((i + 1 for i, t in enumerate(row) if t in policy.eos_ids), len(row))
+            rows.append(row[:n])
+        return rows
+
+    methods = {"esgrpo lean": lambda: ours(True), "esgrpo generic": lambda: ours(False), "HF generate": hf}
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    tokens: dict[str, list[list[int]]] = {}
+    for _ in range(repeats):  # interleaved: every method once per round
+        for name, fn in methods.items():
+            t0 = time.perf_counter()
+            tokens[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    n_tok = {k: sum(len(r) for r in v) for k, v in tokens.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ref = "HF generate"
+    lines = [f"rollout on {cfg.model.name} ({policy.num_parameters():,} parameters, {policy.device}, "
+             f"{torch.get_num_threads()} threads), task {cfg.task}, batch {batch}, max_new_tokens {new}, greedy, "
+             f"{repeats} interleaved rounds:",
+             f"  {'decoder':16s} {'median s':>9s} {'tokens/s':>9s} {'vs HF':>6s} {'identical to HF':>16s}"]
+    for k in methods:
+        same = sum(a == b for a, b in zip(tokens[k], tokens[ref], strict=True))
+        lines.append(f"  {k:16s} {med[k]:9.3f} {n_tok[k] / med[k]:9.0f} {med[ref] / med[k]:5.2f}x "
+                     f"{same:>7d}/{batch} rows")
+    same_tok = sum(x == y for a, b in zip(tokens["esgrpo lean"], tokens[ref], strict=True)
+                   for x, y in zip(a, b, strict=False))
+    lines.append(f"  identical tokens, lean vs HF generate: {same_tok}/{n_tok[ref]}")
     return "\n".join(lines)

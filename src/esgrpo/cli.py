@@ -153,9 +153,13 @@ def cmd_replay(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from esgrpo.bench import bench
+    from esgrpo.bench import bench, bench_rollout
 
-    print(bench(args.method, config_from_args(args), iterations=args.iterations))
+    cfg = config_from_args(args)
+    if args.method == "rollout":
+        print(bench_rollout(cfg, batch=args.batch, repeats=args.repeats))
+    else:
+        print(bench(args.method, cfg, iterations=args.iterations, repeats=args.repeats))
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -241,11 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", default="cpu", help="Device to replay on (use the training device for exactness).")
     rp.set_defaults(func=cmd_replay)
 
-    b = sub.add_parser("bench", help="Time an ES iteration / GRPO step by phase, and peak memory.",
-                       description="Run a few ES iterations or GRPO steps and print seconds per phase, "
-                       "throughput and peak memory.")
-    b.add_argument("method", choices=["es", "grpo"], help="The trainer.")
-    b.add_argument("--iterations", type=int, default=3, help="Iterations/steps to time.")
+    b = sub.add_parser("bench", help="Time an ES iteration / GRPO step by phase and peak memory; or decoding.",
+                       description="es|grpo: run a few ES iterations or GRPO steps and print seconds per phase, "
+                       "throughput and peak memory (es with --es.backend ray: beside the sequential backend). "
+                       "rollout: our decoding against Hugging Face's generate on the same prompts (greedy): "
+                       "tokens/s and identical tokens.")
+    b.add_argument("method", choices=["es", "grpo", "rollout"], help="What to time.")
+    b.add_argument("--iterations", type=int, default=3, help="es/grpo: iterations/steps per run.")
+    b.add_argument("--repeats", type=int, default=2, help="Interleaved rounds (es with ray, rollout).")
+    b.add_argument("--batch", type=int, default=64, help="rollout: prompts decoded together.")
     add_config_args(b, TrainConfig)
     b.set_defaults(func=cmd_bench)
 

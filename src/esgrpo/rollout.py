@@ -75,9 +75,13 @@ def sample_from_logits(logits: Tensor, temperature: float, top_p: float,
 def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_ids: set[int], pad_id: int,
              max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
              seeds: list[int] | None = None, return_logprobs: bool = False,
-             decode=None) -> Generation:
-    """Decode a batch of prompts; stops each row at the first EOS and the batch when all stopped."""
-    from transformers import DynamicCache
+             decode=None, lean: bool = True) -> Generation:
+    """Decode a batch of prompts; stops each row at its first EOS and the batch when all rows stopped.
+
+    lean: use the lean Llama step (models/lean_llama.py) where it applies: it computes the same logits as
+    the model's generic forward (used for every other architecture, and with lean=False), and it drops
+    finished rows from the batch instead of decoding padding for them."""
+    from esgrpo.models.lean_llama import stepper
 
     device = next(model.parameters()).device
     B = len(prompt_ids)
@@ -87,43 +91,42 @@ def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_ids: se
             raise ValueError(f"need one seed per prompt: {len(seeds)} seeds for {B} prompts")
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     ids, mask = left_pad(prompt_ids, pad_id, device)
-    cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache,
-                use_cache=True, logits_to_keep=1)
-    logits = out.logits[:, -1, :]
+    step = stepper(model, B, ids.shape[1] + max_new_tokens, lean=lean)
+    logits = step(ids, mask, positions(mask))
     pos = positions(mask)[:, -1]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
     eos = torch.tensor(sorted(eos_ids), device=device)
-    tokens: list[Tensor] = []
-    lps: list[Tensor] = []
-    for _ in range(max_new_tokens):
-        nxt = sample_from_logits(logits, temperature, top_p, gens)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        if return_logprobs:
-            lps.append(torch.log_softmax(logits.float(), dim=-1).gather(-1, nxt[:, None]).squeeze(-1))
-        tokens.append(nxt)
-        done = done | torch.isin(nxt, eos)
-        if bool(done.all()):
+    rows = torch.arange(B, device=device)  # the batch rows still decoding, in order
+    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    lps = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device) if return_logprobs else None
+    length = torch.zeros(B, dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    for t in range(max_new_tokens):
+        row_gens = None if gens is None else [gens[i] for i in rows.tolist()]
+        nxt = sample_from_logits(logits, temperature, top_p, row_gens)
+        live = ~finished[rows]  # all of them on the lean path; the generic path also carries finished rows
+        tokens[rows[live], t] = nxt[live]
+        if lps is not None:
+            lp_t = torch.log_softmax(logits.float(), dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
+            lps[rows[live], t] = lp_t[live]
+        length[rows[live]] = t + 1
+        finished[rows[live]] |= torch.isin(nxt[live], eos)
+        if bool(finished.all()) or t == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
+        mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
         pos = pos + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
-                    cache=cache, use_cache=True)
-        logits = out.logits[:, -1, :]
-    gen = torch.stack(tokens, dim=1).cpu() if tokens else torch.zeros((B, 0), dtype=torch.long)
-    lp = torch.stack(lps, dim=1).cpu() if lps else None
-    eos_cpu = eos.cpu()
-    response_ids, logprobs, finished = [], [], []
-    for i in range(B):
-        row = gen[i].tolist()
-        hits = torch.isin(gen[i], eos_cpu).nonzero()
-        n = int(hits[0]) + 1 if len(hits) else len(row)
-        response_ids.append(row[:n])
-        finished.append(bool(len(hits)))
-        if lp is not None:
-            logprobs.append(lp[i, :n].tolist())
+        if step.can_select:
+            keep = (~finished[rows]).nonzero().squeeze(-1)
+            if len(keep) < len(rows):  # drop finished rows: their decoding would be thrown away
+                step.select(keep)
+                rows, nxt, mask, pos = rows[keep], nxt[keep], mask[keep], pos[keep]
+        else:  # the generic path keeps the batch's shape: finished rows decode padding
+            nxt = torch.where(finished[rows], torch.full_like(nxt, pad_id), nxt)
+        logits = step(nxt[:, None], mask, pos[:, None])
+    gen, lp, length, finished = tokens.cpu(), None if lps is None else lps.cpu(), length.cpu(), finished.cpu()
+    response_ids = [gen[i, :int(length[i])].tolist() for i in range(B)]
+    logprobs = [lp[i, :int(length[i])].tolist() for i in range(B)] if lp is not None else None
     texts = [decode(r) for r in response_ids] if decode else ["" for _ in response_ids]
-    return Generation(response_ids, texts, logprobs if return_logprobs else None, finished)
+    return Generation(response_ids, texts, logprobs, finished.tolist())
 
 
 def response_log_softmax(model: torch.nn.Module, prompt_ids: list[list[int]], response_ids: list[list[int]],
