@@ -58,7 +58,13 @@ def _one(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int) -> tu
         return run.metrics(), res, evaluator
 
 
+def _steady(rows: list[dict]) -> list[dict]:
+    """The iterations after the first when there are several: the first one also compiles kernels."""
+    return rows[1:] if len(rows) > 1 else rows
+
+
 def _table(method: str, rows: list[dict]) -> list[str]:
+    rows = _steady(rows)
     per = [r.get("iteration_seconds", r.get("step_seconds", 0.0)) for r in rows]
     total = statistics.mean(per) if per else float("nan")
     lines = [f"  {'phase':10s} {'s/iter':>9s} {'share':>7s}"]
@@ -79,21 +85,30 @@ def _memory(res: dict) -> str:
             f"{res['measure_memory_bytes'] / MIB:.1f} MiB, {res['measure_seconds']:.2f} s")
 
 
-def bench(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int = 3, repeats: int = 2) -> str:
+def bench(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int = 3, repeats: int = 2,
+          as_json: bool = False) -> str:
     """Run `iterations` iterations/steps and return the printed report (Ray: beside sequential, `repeats`
-    times each, interleaved)."""
+    times each, interleaved). as_json: one JSON line with the median seconds per iteration/step instead."""
     head = (f"{method} on {cfg.model.name}, task {cfg.task}, {iterations} "
-            f"{'iterations' if method == 'es' else 'steps'} per run")
+            f"{'iterations' if method == 'es' else 'steps'} per run (times without the first, which also compiles)")
     if method == "grpo" or cfg.es.backend == "sequential":
         rows, res, _ = _one(method, cfg, iterations)
+        if as_json:
+            import json
+
+            return json.dumps({"median": statistics.median(r.get("iteration_seconds", r.get("step_seconds", 0.0))
+                                                           for r in _steady(rows)), **{k: res[k] for k in (
+                                                               "peak_memory_bytes", "peak_memory_added_bytes",
+                                                               "model_bytes")}})
         return "\n".join([f"{head}, {res['parameters']:,} parameters:", *_table(method, rows), _memory(res)])
     seq_cfg = dataclasses.replace(cfg, es=dataclasses.replace(cfg.es, backend="sequential"))
     runs: dict[str, list[tuple[list[dict], dict, Any]]] = {"sequential": [], "ray": []}
     for _ in range(repeats):  # interleaved: A, B, A, B
         runs["sequential"].append(_one("es", seq_cfg, iterations))
         runs["ray"].append(_one("es", cfg, iterations))
-    med = {k: statistics.median(r["iteration_seconds"] for rows, _, _ in v for r in rows) for k, v in runs.items()}
-    ray_rows = [r for rows, _, _ in runs["ray"] for r in rows]
+    med = {k: statistics.median(r["iteration_seconds"] for rows, _, _ in v for r in _steady(rows))
+           for k, v in runs.items()}
+    ray_rows = [r for rows, _, _ in runs["ray"] for r in _steady(rows)]
     ev = runs["ray"][-1][2]
     lines = [f"{head}, {runs['ray'][-1][1]['parameters']:,} parameters; {repeats} runs of each backend, interleaved",
              f"sequential (model.threads {cfg.model.threads or 'default'}):", *_table("es", runs["sequential"][-1][0]),
@@ -167,4 +182,46 @@ def bench_rollout(cfg: TrainConfig, batch: int = 64, repeats: int = 3) -> str:
     same_tok = sum(x == y for a, b in zip(tokens["esgrpo lean"], tokens[ref], strict=True)
                    for x, y in zip(a, b, strict=False))
     lines.append(f"  identical tokens, lean vs HF generate: {same_tok}/{n_tok[ref]}")
+    return "\n".join(lines)
+
+
+_COMPETITOR = ("import torch, time\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\n"
+               "end = time.time() + 3600\nwhile time.time() < end:\n    a = (a @ a).tanh()\n")
+
+
+def bench_threads(cfg: TrainConfig, iterations: int = 2, repeats: int = 2) -> str:
+    """ES iteration seconds with 1 and 2 torch threads, alone and beside another busy process (a 1-thread
+    matrix-multiply loop), each in a fresh process, interleaved over `repeats` rounds: what model.threads to
+    use on a machine that also runs other work (Ray workers, a second run, tests)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    argv = [sys.executable, "-m", "esgrpo.cli", "bench", "es", "--iterations", str(iterations), "--task", cfg.task,
+            "--es.population", str(cfg.es.population), "--es.batch_size", str(cfg.es.batch_size),
+            "--es.max_new_tokens", str(cfg.es.max_new_tokens), "--model.name", cfg.model.name,
+            "--data.n_train", str(cfg.data.n_train)]
+    results: dict[tuple[int, str], list[float]] = {}
+    for _ in range(repeats):
+        for threads in (1, 2):
+            for load in ("alone", "beside another process"):
+                competitor = None
+                if load != "alone":
+                    competitor = subprocess.Popen([sys.executable, "-c", _COMPETITOR])
+                    time.sleep(1.0)
+                try:
+                    out = subprocess.run([*argv, "--model.threads", str(threads), "--json"], capture_output=True,
+                                         text=True, check=True).stdout
+                finally:
+                    if competitor is not None:
+                        competitor.kill()
+                        competitor.wait()
+                results.setdefault((threads, load), []).append(json.loads(out.strip().splitlines()[-1])["median"])
+    lines = [f"ES iteration on {cfg.model.name}, task {cfg.task}, population {cfg.es.population} x "
+             f"{cfg.es.batch_size} prompts; median seconds per iteration over {repeats} interleaved rounds:"]
+    for load in ("alone", "beside another process"):
+        one, two = (statistics.median(results[(t, load)]) for t in (1, 2))
+        lines.append(f"  {load:24s} 1 thread {one:7.3f} s   2 threads {two:7.3f} s   (2 threads / 1 thread: "
+                     f"{two / one:.2f})")
     return "\n".join(lines)

@@ -158,8 +158,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     if args.method == "rollout":
         print(bench_rollout(cfg, batch=args.batch, repeats=args.repeats))
+    elif args.method == "threads":
+        from esgrpo.bench import bench_threads
+
+        print(bench_threads(cfg, iterations=args.iterations, repeats=args.repeats))
     else:
-        print(bench(args.method, cfg, iterations=args.iterations, repeats=args.repeats))
+        print(bench(args.method, cfg, iterations=args.iterations, repeats=args.repeats, as_json=args.json))
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -249,11 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="es|grpo: run a few ES iterations or GRPO steps and print seconds per phase, "
                        "throughput and peak memory (es with --es.backend ray: beside the sequential backend). "
                        "rollout: our decoding against Hugging Face's generate on the same prompts (greedy): "
-                       "tokens/s and identical tokens.")
-    b.add_argument("method", choices=["es", "grpo", "rollout"], help="What to time.")
+                       "tokens/s and identical tokens. threads: an ES iteration with 1 and 2 torch threads, alone "
+                       "and beside another busy process.")
+    b.add_argument("method", choices=["es", "grpo", "rollout", "threads"], help="What to time (threads: an ES "
+                   "iteration with 1 and 2 torch threads, alone and beside another busy process).")
     b.add_argument("--iterations", type=int, default=3, help="es/grpo: iterations/steps per run.")
     b.add_argument("--repeats", type=int, default=2, help="Interleaved rounds (es with ray, rollout).")
     b.add_argument("--batch", type=int, default=64, help="rollout: prompts decoded together.")
+    b.add_argument("--json", action="store_true", help="es/grpo: print one JSON line (median seconds, memory).")
     add_config_args(b, TrainConfig)
     b.set_defaults(func=cmd_bench)
 

@@ -48,7 +48,7 @@ from esgrpo.runs import RunDir, read_jsonl
 from esgrpo.tasks.base import Example, Task
 from esgrpo.train.budget import Budget
 from esgrpo.train.kl import kl_to_reference
-from esgrpo.train.noise import CHUNK, NOISE_VERSION, accumulate, chunks, derive_seed
+from esgrpo.train.noise import CHUNK, NOISE_VERSION, accumulate, chunks, derive_seed, warm_up
 from esgrpo.train.population import Batch, Member, PopulationEvaluator, SequentialEvaluator, es_scorer
 
 __all__ = ["ESConfig", "apply_update", "draw_batch", "draw_members", "replay", "replay_run", "train_es", "zscore"]
@@ -153,13 +153,14 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
         save_checkpoint(policy, run.path, step_name(0), _state(0, budget, cfg))
 
     prompt_ids = policy.encode([task.messages(ex) for ex in examples])
-    evaluator = evaluator or SequentialEvaluator(policy, es_scorer(task, cfg), cfg.sigma)
     per_iteration = cfg.members_per_iteration * (cfg.batch_size or len(examples))
     progress = Progress(f"es {task.name}", budget.planned_steps(per_iteration) - start)
     last_fitness: list[float] | None = None
     weight_norm = _norm(params)
+    warm_up(params)  # compile the noise kernels before time and memory are measured
 
-    with PeakMemory(policy.device) as mem:  # after the reference copy: that one is measurement
+    with PeakMemory(policy.device) as mem:  # after the reference copy (measurement); the backup copy counts
+        evaluator = evaluator or SequentialEvaluator(policy, es_scorer(task, cfg), cfg.sigma)
         while not budget.stop(per_iteration):
             it = budget.steps + 1
             t0 = time.perf_counter()

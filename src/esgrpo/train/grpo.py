@@ -296,22 +296,23 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
     if made_ref:  # a frozen copy of the base; made before memory is measured (with beta = 0: measurement)
         ref_model = copy.deepcopy(policy.model).requires_grad_(False).eval()
 
-    optim = _Optimizer(policy, cfg, planned)
-    if init_optimizer is not None:
-        optim.load_moments(init_optimizer, device)
-    if resume:
-        _resume(policy, optim, run, cfg, budget, planned)
-    truncate_jsonl(run.path / "metrics.jsonl", "step", budget.steps)  # rows past the resume point are redone
-
-    def checkpoint(name: str) -> None:
-        state = {"trainer": "grpo", "step": budget.steps, "budget": budget.to_dict(), "planned_steps": planned,
-                 "schedule_horizon": schedule_horizon(cfg, planned), "config": to_dict(cfg)}
-        save_checkpoint(policy, run.path, name, state, extra=optim.state())
-
-    progress = Progress(f"grpo {getattr(task, 'name', '')}".strip(), planned)
-    progress.update(budget.steps, force=True)
-    was_training = policy.model.training
+    # Everything from here on is training memory: the optimizer (masters, moments) and the steps.
     with PeakMemory(device) as mem:
+        optim = _Optimizer(policy, cfg, planned)
+        if init_optimizer is not None:
+            optim.load_moments(init_optimizer, device)
+        if resume:
+            _resume(policy, optim, run, cfg, budget, planned)
+        truncate_jsonl(run.path / "metrics.jsonl", "step", budget.steps)  # rows past the resume point are redone
+
+        def checkpoint(name: str) -> None:
+            state = {"trainer": "grpo", "step": budget.steps, "budget": budget.to_dict(), "planned_steps": planned,
+                     "schedule_horizon": schedule_horizon(cfg, planned), "config": to_dict(cfg)}
+            save_checkpoint(policy, run.path, name, state, extra=optim.state())
+
+        progress = Progress(f"grpo {getattr(task, 'name', '')}".strip(), planned)
+        progress.update(budget.steps, force=True)
+        was_training = policy.model.training
         while not budget.stop(per_step):
             row = _train_step(policy, task, examples, cfg, optim, ref_model, budget, run)
             run.log(row)

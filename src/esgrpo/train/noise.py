@@ -193,6 +193,18 @@ def accumulate(acc: Tensor, start: int, member_seed: int, name: str, coef: float
                                             torch.tensor(coef, dtype=torch.float32, device=acc.device))
 
 
+def warm_up(params: list[tuple[str, Tensor]]) -> None:
+    """Compile the noise kernels for these tensors' devices and dtypes now (a one-time cost that should not
+    be counted as a training iteration's time or memory)."""
+    for device, dtype in sorted({(p.device, p.dtype) for _, p in params}, key=str):
+        k0, k1 = _scalars(0, "warm-up", device)
+        first, offset = _counter(0, device)
+        _kernel(_perturbed, device)(torch.zeros(8, dtype=dtype, device=device), k0, k1, first, offset,
+                                    torch.ones((), device=device))
+        _kernel(_accumulated, device)(torch.zeros(8, device=device), k0, k1, first, offset,
+                                      torch.ones((), device=device))
+
+
 class Perturbation:
     """Perturb named parameters in place (theta + sign * sigma * eps) and restore them bit-exactly.
 

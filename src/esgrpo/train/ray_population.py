@@ -80,6 +80,13 @@ class ESWorker:
         self.scorer, self.sigma = scorer, sigma
         self.applied = 0  # update log rows applied so far
         self.batch: Batch | None = None
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile the noise kernels now (part of start-up) rather than inside the first iteration."""
+        from esgrpo.train.noise import warm_up
+
+        warm_up(self.params)
 
     def info(self) -> dict[str, Any]:
         import platform
