@@ -13,7 +13,7 @@ other elements are drawn. The float transforms (log, sqrt, sin, cos in float32) 
 last bits between math libraries (CPU vs CUDA, compiled vs eager; the tests measure it); a run and its
 replay on the same machine use the same implementation and agree bit for bit.
 
-Perturb and update work through the tensors in chunks of CHUNK elements, so ES needs no
+Perturb and update work through the tensors in chunks of CHUNK (1M) elements, so ES needs no
 parameter-sized noise buffer: its extra memory is the backup copy of the weights plus one chunk.
 On CPU and CUDA the chunk kernels are compiled with torch.compile (fused: the noise is never
 materialized), falling back to the same ops eagerly where compiling is unavailable
@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 NOISE_VERSION = "philox4x32-10/box-muller-f32/v2"  # recorded in updates.jsonl; replay refuses other versions
-CHUNK = 1 << 22  # elements per chunk (16 MiB of float32)
+CHUNK = 1 << 20  # elements per chunk (4 MiB of float32)
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox4x32 multipliers
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
