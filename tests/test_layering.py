@@ -1,7 +1,7 @@
 """The package's layers only point down: no module imports one that sits above it.
 
 Layers, bottom to top (a module may import its own layer and the ones below):
-    foundation      errors, config, runs, progress, memory, parallel (jobs on Ray)
+    foundation      errors, config, runs, progress, memory, parallel (jobs on Ray), tracking
     rewards         answer extraction and the binary rewards
     tasks           examples, prompts, the one scoring path
     models          model loading, the policy interface, generation (rollout)
@@ -22,7 +22,7 @@ from pathlib import Path
 import esgrpo
 
 LAYERS = [
-    {"errors", "config", "runs", "progress", "memory", "parallel"},
+    {"errors", "config", "runs", "progress", "memory", "parallel", "tracking"},
     {"rewards"},
     {"tasks"},
     {"models", "rollout"},

@@ -21,7 +21,8 @@ from typing import Any, Literal
 from esgrpo.config import TrainConfig
 from esgrpo.models import load_policy
 from esgrpo.runs import RunDir
-from esgrpo.tasks import get_task, load_examples
+from esgrpo.tasks import load_examples
+from esgrpo.tasks.prompting import make_task
 from esgrpo.train.es import train_es
 from esgrpo.train.grpo import train_grpo
 
@@ -32,7 +33,7 @@ MIB = 2 ** 20
 
 def _one(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int) -> tuple[list[dict], dict, Any]:
     """Train `iterations` iterations/steps in a scratch directory: (metrics rows, results, Ray evaluator)."""
-    task = get_task(cfg.task)
+    task = make_task(cfg.task, cfg.prompt, cfg.data)
     d = cfg.data
     train = load_examples(cfg.task, d.source, "train", d.n_train, seed=d.seed, path=d.data_paths.get(cfg.task))
     policy = load_policy(cfg.model, cfg.tiny)
@@ -136,11 +137,11 @@ def bench_rollout(cfg: TrainConfig, batch: int = 64, repeats: int = 3) -> str:
 
     from esgrpo.rollout import generate, left_pad
 
-    task = get_task(cfg.task)
+    task = make_task(cfg.task, cfg.prompt, cfg.data)
     d = cfg.data
     examples = load_examples(cfg.task, d.source, "test", batch, seed=d.seed, path=d.data_paths.get(cfg.task))
     policy = load_policy(cfg.model, cfg.tiny)
-    prompts = policy.encode([task.messages(ex) for ex in examples])
+    prompts = task.prompt_ids(policy, examples)
     new = cfg.generation.max_new_tokens
     eos = sorted(policy.eos_ids)
 

@@ -13,6 +13,7 @@ sees the same positions as it would alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -75,12 +76,13 @@ def sample_from_logits(logits: Tensor, temperature: float, top_p: float,
 def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_ids: set[int], pad_id: int,
              max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
              seeds: list[int] | None = None, return_logprobs: bool = False,
-             decode=None, lean: bool = True) -> Generation:
+             decode=None, lean: bool = True, stop: Callable[[str], bool] | None = None) -> Generation:
     """Decode a batch of prompts; stops each row at its first EOS and the batch when all rows stopped.
 
     lean: use the lean Llama step (models/lean_llama.py) where it applies: it computes the same logits as
     the model's generic forward (used for every other architecture, and with lean=False), and it drops
-    finished rows from the batch instead of decoding padding for them."""
+    finished rows from the batch instead of decoding padding for them. stop: a rule on a row's decoded
+    response (needs `decode`) that ends it early, e.g. once its answer is complete."""
     from esgrpo.models.lean_llama import stepper
 
     device = next(model.parameters()).device
@@ -110,6 +112,10 @@ def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_ids: se
             lps[rows[live], t] = lp_t[live]
         length[rows[live]] = t + 1
         finished[rows[live]] |= torch.isin(nxt[live], eos)
+        if stop is not None and decode is not None:
+            for i in rows[~finished[rows]].tolist():
+                if stop(decode(tokens[i, :int(length[i])].tolist())):
+                    finished[i] = True
         if bool(finished.all()) or t == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)

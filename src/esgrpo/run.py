@@ -27,8 +27,9 @@ from esgrpo.errors import EsgrpoError
 from esgrpo.evaluate import evaluate
 from esgrpo.models import load_policy, model_identity
 from esgrpo.runs import RunDir, default_run_path
-from esgrpo.tasks import check_disjoint, examples_hash, get_task, load_examples, load_task_examples
-from esgrpo.tasks.base import Example
+from esgrpo.tasks import check_disjoint, examples_hash, load_examples, load_task_examples
+from esgrpo.tasks.base import Example, Task
+from esgrpo.tasks.prompting import make_task
 from esgrpo.train import es as es_trainer
 from esgrpo.train import grpo as grpo_trainer
 from esgrpo.train.budget import Budget
@@ -105,19 +106,29 @@ def run_training(method: Method, cfg: TrainConfig, run_path: str | Path | None =
         # 4. Train.
         trained = results is None
         if trained:
-            results = _train(method, cfg, train, run, resume=has_checkpoints, init_optimizer=init_optimizer)
+            from esgrpo.tracking import make_tracker
+
+            run.tracker = make_tracker(cfg.report_to, run.path)
+            try:
+                results = _train(method, cfg, train, run, resume=has_checkpoints, init_optimizer=init_optimizer)
+            finally:
+                if run.tracker is not None:
+                    run.tracker.close()
+                run.tracker = None
 
         # 5. Evaluate.
         ckpts = {"final": run.path / "checkpoints" / "final"}
         for label, step in (extra_checkpoints or {}).items():
             ckpts[label] = run.path / "checkpoints" / f"step-{step:06d}"
-        evals = evaluate_checkpoints(run, ckpts, cfg.model, cfg.generation, test, trust_unstamped=not trained)
+        tasks = {t: make_task(t, cfg.prompt, cfg.data) for t in test}
+        evals = evaluate_checkpoints(run, ckpts, cfg.model, cfg.generation, test, trust_unstamped=not trained,
+                                     tasks=tasks)
         return {"train": results, "eval": evals, "run": str(run.path), "trained": trained}
 
 
 def _train(method: Method, cfg: TrainConfig, train: list[Example], run: RunDir, resume: bool,
            init_optimizer: Path | None) -> dict[str, Any]:
-    task = get_task(cfg.task)
+    task = make_task(cfg.task, cfg.prompt, cfg.data)
     policy = load_policy(cfg.model, cfg.tiny)
     if method == "grpo":
         return grpo_trainer.train_grpo(policy, task, train, cfg.grpo, run, resume=resume,
@@ -147,7 +158,8 @@ def _checkpoint_step(ckpt: Path) -> int | None:
 
 
 def evaluate_checkpoints(run: RunDir, checkpoints: dict[str, Path], model: ModelConfig, gen: GenerationConfig,
-                         test: dict[str, list[Example]], trust_unstamped: bool = True) -> dict[str, Any]:
+                         test: dict[str, list[Example]], trust_unstamped: bool = True,
+                         tasks: dict[str, Task] | None = None) -> dict[str, Any]:
     """Greedy test accuracy of named checkpoints, cached in run/eval.json (resumable).
 
     Each entry records the checkpoint's training step: when a checkpoint changed (a finished run was
@@ -163,7 +175,7 @@ def evaluate_checkpoints(run: RunDir, checkpoints: dict[str, Path], model: Model
         if not todo:
             continue
         policy = checkpoint_policy(ckpt, model)
-        entry.update(evaluate(policy, todo, gen, label=f"{label} "))
+        entry.update(evaluate(policy, todo, gen, label=f"{label} ", tasks=tasks))
         entry["step"] = step
         record.put(entry, label)
     return {label: {t: v for t, v in record.at(label).items() if t != "step"} for label in checkpoints}
@@ -185,7 +197,8 @@ def run_eval(cfg: EvalConfig, run_path: str | Path | None = None, tiny: TinyMode
     policy = load_policy(cfg.model, tiny)  # a bad model fails here, before the directory is made
     with RunDir(path, cfg, command="eval", inputs=inputs) as run:
         t0 = time.time()
-        res = evaluate(policy, examples, cfg.generation, run=run, n_show=cfg.n_show)
+        tasks = {t: make_task(t, cfg.prompt, cfg.data) for t in examples}
+        res = evaluate(policy, examples, cfg.generation, run=run, n_show=cfg.n_show, tasks=tasks)
         out = {"model": cfg.model.name, "split": cfg.split, "source": cfg.data.source,
                "parameters": policy.num_parameters(), "tasks": res, "seconds": time.time() - t0}
         run.write_results(out)

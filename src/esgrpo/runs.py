@@ -213,6 +213,7 @@ class RunDir:
         self.command = command
         self.inputs = inputs or {}
         self.created = False
+        self.tracker: Any = None  # tracking.Tracker fed with every metrics row (set by the run, optional)
         if config is not None:
             check_writable_dir(self.path)
             if self.path.is_dir():
@@ -292,8 +293,10 @@ class RunDir:
     # -- records ------------------------------------------------------------------------------
 
     def log(self, row: dict[str, Any], file: str = "metrics.jsonl") -> None:
-        """Append one metrics row and flush it to disk."""
+        """Append one metrics row and flush it to disk (and pass it to the tracker, if any)."""
         append_jsonl(self.path / file, row)
+        if self.tracker is not None and file == "metrics.jsonl":
+            self.tracker.log(row)
 
     def metrics(self, file: str = "metrics.jsonl") -> list[dict[str, Any]]:
         return read_jsonl(self.path / file)

@@ -140,10 +140,12 @@ class TrainingRunner(Runner):
 
     def __init__(self, cfg: SequenceConfig, out: Path) -> None:
         from esgrpo.tasks import load_task_examples
+        from esgrpo.tasks.prompting import make_task
 
         self.cfg, self.out = cfg, out
         self.data = dataclasses.replace(cfg.data, n_test=sequence_n_test(cfg))
         self.test = load_task_examples(self.data, "test", self.data.n_test, tasks=cfg.sequential.order)
+        self.tasks = {t: make_task(t, cfg.prompt, cfg.data) for t in self.test}
 
     def _stage_cfg(self, method: str, stage: int, task: str, init: str) -> TrainConfig:
         c = self.cfg
@@ -151,8 +153,8 @@ class TrainingRunner(Runner):
                                  iterations=c.es.iterations * (c.es_long_factor if method == "es_long" else 1))
         grpo = dataclasses.replace(c.grpo, seed=c.grpo.seed + STAGE_SEED_STRIDE * (stage - 1))
         model = c.model if stage == 1 else dataclasses.replace(c.model, name=init)
-        return TrainConfig(model=model, tiny=c.tiny, data=self.data, generation=c.generation, es=es, grpo=grpo,
-                           task=task)
+        return TrainConfig(model=model, tiny=c.tiny, data=self.data, prompt=c.prompt, generation=c.generation, es=es,
+                           grpo=grpo, ray=c.ray, report_to=c.report_to, task=task)
 
     def _reused(self, method: str, task: str) -> str | None:
         if not self.cfg.reuse:
@@ -183,7 +185,8 @@ class TrainingRunner(Runner):
 
         run = RunDir(self.out / "evals" / Path(ckpt).as_posix().strip("/").replace("/", "__")[-120:])
         run.path.mkdir(parents=True, exist_ok=True)
-        res = evaluate_checkpoints(run, {"model": Path(ckpt)}, self.cfg.model, self.cfg.generation, self.test)
+        res = evaluate_checkpoints(run, {"model": Path(ckpt)}, self.cfg.model, self.cfg.generation, self.test,
+                                   tasks=self.tasks)
         return {t: res["model"][t]["accuracy"] for t in self.test}
 
     def extras(self, ckpt: str, prev: str) -> dict[str, Any]:
@@ -204,7 +207,7 @@ class TrainingRunner(Runner):
         ref = checkpoint_policy(prev, self.cfg.model)
         ex = {t: v[:s.kl_prompts] for t, v in self.test.items()}
         kl = kl_drift(policy, ref, ex, s.kl_samples, s.kl_max_new_tokens, seed=0,
-                      batch_size=self.cfg.generation.batch_size)
+                      batch_size=self.cfg.generation.batch_size, tasks=self.tasks)
         out["kl"] = {t: {"kl": r["kl"], "kl_se": r["kl_se"], "kl_per_token": r["kl_per_token"]} for t, r in kl.items()}
         return out
 

@@ -72,6 +72,8 @@ def train_es_cells(cfg: StudyConfig, task: str, root: Path) -> dict[str, Any]:
     costs = {k: es["train"].get(k) for k in _COST_KEYS}
     return {"accuracy": {"es_short": es["eval"]["es_short"][task]["accuracy"],
                          "es_long": es["eval"]["final"][task]["accuracy"]},
+            "right_format": {"es_short": es["eval"]["es_short"][task].get("right_format"),
+                             "es_long": es["eval"]["final"][task].get("right_format")},
             "budgets": {"es_short": {**_budget_at(Path(es["run"]), short), **costs},
                         "es_long": {**long_budget, **costs}},
             "runs": {"es": es["run"]}}
@@ -93,7 +95,7 @@ def train_grpo_cell(cfg: StudyConfig, task: str, root: Path, es_short_rollouts: 
     budget = {"steps": gr["train"]["steps"], **{k: gr["train"][k] for k in ("rollouts", "tokens", "seconds")},
               **{k: gr["train"].get(k) for k in _COST_KEYS}}
     return {"accuracy": {"grpo": gr["eval"]["final"][task]["accuracy"]}, "budgets": {"grpo": budget},
-            "runs": {"grpo": gr["run"]}}
+            "right_format": {"grpo": gr["eval"]["final"][task].get("right_format")}, "runs": {"grpo": gr["run"]}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,19 +118,21 @@ def parse_only(only: list[str], tasks: list[str]) -> dict[str, tuple[str, ...]]:
 
 
 def _base_eval(cfg: StudyConfig, root: Path) -> dict[str, Any]:
-    ecfg = EvalConfig(model=cfg.model, data=cfg.data, generation=cfg.generation)
+    ecfg = EvalConfig(model=cfg.model, data=cfg.data, prompt=cfg.prompt, generation=cfg.generation)
     return run_eval(ecfg, run_path=root / "runs" / f"base-{cfg.model.name}", tiny=cfg.tiny, reuse=True)
 
 
 def _extra_model(cfg: StudyConfig, root: Path, name: str) -> dict[str, Any]:
     """A further model's base accuracy on extra_n_test examples per task."""
-    e = EvalConfig(model=dataclasses.replace(cfg.model, name=name),
+    e = EvalConfig(model=dataclasses.replace(cfg.model, name=name), prompt=cfg.extra_prompt,
                    data=dataclasses.replace(cfg.data, n_test=cfg.extra_n_test),
                    generation=dataclasses.replace(cfg.generation, max_new_tokens=cfg.extra_max_new_tokens,
                                                   batch_size=min(cfg.generation.batch_size, 16)))
     r = run_eval(e, run_path=root / "runs" / f"base-{name}", reuse=True)
     return {"parameters": r["parameters"], "n": cfg.extra_n_test,
             "accuracy": {t: v["accuracy"] for t, v in r["tasks"].items()},
+            "right_format": {t: v.get("right_format") for t, v in r["tasks"].items()},
+            "constant_baseline": {t: v.get("constant_baseline") for t, v in r["tasks"].items()},
             "truncated": {t: v["truncated_fraction"] for t, v in r["tasks"].items()}}
 
 
@@ -142,8 +146,8 @@ def study_jobs(cfg: StudyConfig, root: Path, cells: dict[str, tuple[str, ...]], 
     def merge_task(task: str) -> Callable[[dict[str, Any]], None]:
         def merge(part: dict[str, Any]) -> None:
             t = results["tasks"].setdefault(task, {})
-            for k in ("accuracy", "budgets", "runs"):
-                t[k] = {**t.get(k, {}), **part[k]}
+            for k in ("accuracy", "budgets", "runs", "right_format"):
+                t[k] = {**t.get(k, {}), **part.get(k, {})}
         return merge
 
     es_job: dict[str, int] = {}
@@ -160,6 +164,8 @@ def study_jobs(cfg: StudyConfig, root: Path, cells: dict[str, tuple[str, ...]], 
         def merge_base(base: dict[str, Any]) -> None:
             results.update({"model": cfg.model.name, "parameters": base["parameters"], "budget_mode": cfg.budget_mode,
                             "base": {t: r["accuracy"] for t, r in base["tasks"].items()},
+                            "base_right_format": {t: r.get("right_format") for t, r in base["tasks"].items()},
+                            "constant_baseline": {t: r.get("constant_baseline") for t, r in base["tasks"].items()},
                             "n_test": {t: r["n"] for t, r in base["tasks"].items()}})
         jobs.append((Job("base eval", _base_eval, (cfg, root)), merge_base))
     for name in cfg.extra_models if extra and cfg.extra_n_test else []:
@@ -225,10 +231,11 @@ def run_study(cfg: StudyConfig, only: list[str] | None = None) -> dict[str, Any]
 def sequence_config(cfg: StudyConfig) -> SequenceConfig:
     """The study's sequential part: its tasks in `sequential.order`, stage 1 reused from its runs."""
     order = [t for t in cfg.sequential.order if t in cfg.data.tasks]
-    return SequenceConfig(model=cfg.model, tiny=cfg.tiny, data=cfg.data, generation=cfg.generation, es=cfg.es,
+    return SequenceConfig(model=cfg.model, tiny=cfg.tiny, data=cfg.data, prompt=cfg.prompt, generation=cfg.generation,
+                          es=cfg.es,
                           grpo=cfg.grpo, ray=cfg.ray, sequential=dataclasses.replace(cfg.sequential, order=order),
                           es_long_factor=cfg.es_long_factor, reuse=cfg.out, out=str(Path(cfg.out) / "sequence"),
-                          parallel=cfg.parallel)
+                          parallel=cfg.parallel, report_to=cfg.report_to)
 
 
 def _complete(results: dict[str, Any], cfg: StudyConfig) -> bool:

@@ -41,7 +41,7 @@ from esgrpo.config import GenerationConfig
 from esgrpo.evaluate import evaluate_task
 from esgrpo.models.policy import Policy
 from esgrpo.tasks import get_task
-from esgrpo.tasks.base import Example
+from esgrpo.tasks.base import Example, Task
 
 EvaluateFn = Callable[[Policy], dict[str, Any]]
 
@@ -163,13 +163,14 @@ def barriers(points: Sequence[dict[str, Any]], metrics: Sequence[str] | None = N
 
 
 def greedy_references(policy: Policy, examples_by_task: Mapping[str, list[Example]], max_new_tokens: int,
-                      batch_size: int = 32) -> dict[str, dict[str, list[list[int]]]]:
+                      batch_size: int = 32, tasks: Mapping[str, Task] | None = None
+                      ) -> dict[str, dict[str, list[list[int]]]]:
     """{task: {"prompt_ids", "response_ids"}}: the policy's greedy answers, as fixed reference responses."""
     out = {}
     for task_name, examples in examples_by_task.items():
-        task = get_task(task_name)
-        prompts = policy.encode([task.messages(ex) for ex in examples])
-        gen = policy.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        task = (tasks or {}).get(task_name) or get_task(task_name)
+        prompts = task.prompt_ids(policy, examples)
+        gen = policy.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=task.stop)
         out[task_name] = {"prompt_ids": prompts, "response_ids": gen.response_ids}
     return out
 
@@ -177,7 +178,7 @@ def greedy_references(policy: Policy, examples_by_task: Mapping[str, list[Exampl
 def make_evaluate_fn(examples_by_task: Mapping[str, list[Example]], gen: GenerationConfig,
                      references: Mapping[str, Mapping[str, list[list[int]]]] | None = None,
                      heldout: str | Path | Sequence[dict] | None = None, heldout_max_docs: int | None = None,
-                     seed: int = 0) -> EvaluateFn:
+                     seed: int = 0, tasks: Mapping[str, Task] | None = None) -> EvaluateFn:
     """An evaluate_fn returning a flat dict of numbers:
 
     "<task>/accuracy", "<task>/mean_reward" (the same number: the tasks' rewards are binary),
@@ -188,7 +189,7 @@ def make_evaluate_fn(examples_by_task: Mapping[str, list[Example]], gen: Generat
     def evaluate_fn(policy: Policy) -> dict[str, Any]:
         m: dict[str, Any] = {}
         for task_name, examples in examples_by_task.items():
-            res = evaluate_task(policy, task_name, examples, gen, seed=seed)
+            res = evaluate_task(policy, (tasks or {}).get(task_name) or task_name, examples, gen, seed=seed)
             m[f"{task_name}/accuracy"] = res["accuracy"]
             m[f"{task_name}/mean_reward"] = res["accuracy"]
             m[f"{task_name}/mean_response_tokens"] = res["mean_response_tokens"]

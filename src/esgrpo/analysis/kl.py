@@ -30,7 +30,7 @@ from torch import Tensor
 from esgrpo import rollout
 from esgrpo.models.policy import Policy
 from esgrpo.tasks import get_task
-from esgrpo.tasks.base import Example
+from esgrpo.tasks.base import Example, Task
 from esgrpo.train.kl import k3
 
 
@@ -93,7 +93,8 @@ def estimator_name(temperature: float) -> str:
 
 def kl_drift(policy: Policy, ref_policy: Policy, examples_by_task: Mapping[str, list[Example]], n_samples: int,
              max_new_tokens: int, seed: int, temperature: float = 1.0, batch_size: int = 16,
-             with_k3: bool = True, return_samples: bool = False) -> dict[str, dict[str, Any]]:
+             with_k3: bool = True, return_samples: bool = False,
+             tasks: Mapping[str, Task] | None = None) -> dict[str, dict[str, Any]]:
     """KL(pi_theta || pi_ref) of responses to each task's prompts, `n_samples` sampled responses per prompt.
 
     Per task: "kl" (mean sequence-level KL per response, nats), "kl_std", "kl_se" (std / sqrt(n); None if n < 2),
@@ -110,13 +111,13 @@ def kl_drift(policy: Policy, ref_policy: Policy, examples_by_task: Mapping[str, 
     for task_name, examples in examples_by_task.items():
         if not examples:
             raise ValueError(f"no examples for task {task_name!r}")
-        task = get_task(task_name)
-        prompts = policy.encode([task.messages(ex) for ex in examples])
+        task = (tasks or {}).get(task_name) or get_task(task_name)
+        prompts = task.prompt_ids(policy, examples)
         P = len(prompts)
         rows = [(i, seed + j * P + i) for j in range(n_samples) for i in range(P)]
         row_prompts = [prompts[i] for i, _ in rows]
         gen = policy.generate(row_prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                              seeds=[s for _, s in rows], batch_size=batch_size)
+                              seeds=[s for _, s in rows], batch_size=batch_size, stop=task.stop)
         kls, k3s, toks = kl_on_responses(policy, ref_policy, row_prompts, gen.response_ids, temperature, batch_size)
         n = len(kls)
         mean, std, se = _mean_se(kls)

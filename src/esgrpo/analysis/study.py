@@ -34,6 +34,7 @@ from esgrpo.models.policy import Policy
 from esgrpo.runs import JsonRecord, read_json
 from esgrpo.tasks import load_task_examples
 from esgrpo.tasks.base import Example
+from esgrpo.tasks.prompting import make_task
 
 
 def method_checkpoints(task_result: dict[str, Any], es_short_iterations: int) -> dict[str, Path]:
@@ -96,6 +97,7 @@ class _Context:
         self.ckpts = {t: method_checkpoints(results["tasks"][t], cfg.es.iterations) for t in tasks}
         self.policy: Policy = load_policy(cfg.model, cfg.tiny)
         self.test: dict[str, list[Example]] = load_task_examples(cfg.data, "test", cfg.data.n_test)
+        self.prompted = {t: make_task(t, cfg.prompt, cfg.data) for t in self.test}
         self.heldout = heldout_path(self.base) if self.a.heldout_docs else None
         self.gen = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, batch_size=cfg.generation.batch_size)
 
@@ -217,8 +219,8 @@ def _kl_drift(ctx: _Context) -> None:
             if not ctx.store.has("kl", t, m):
                 ctx.say(f"KL drift: {m} trained on {t}")
                 ctx.store.put(kl_drift(ctx.trained(t, m), ctx.policy, examples, ctx.a.kl_samples,
-                                       ctx.a.kl_max_new_tokens, ctx.a.seed,
-                                       batch_size=ctx.cfg.generation.batch_size), "kl", t, m)
+                                       ctx.a.kl_max_new_tokens, ctx.a.seed, batch_size=ctx.cfg.generation.batch_size,
+                                       tasks=ctx.prompted), "kl", t, m)
 
 
 def _connectivity(ctx: _Context) -> None:
@@ -232,10 +234,10 @@ def _connectivity(ctx: _Context) -> None:
             if ctx.store.has("interpolation", t, name):
                 continue
             if refs is None:  # the base model's greedy answers, the fixed responses whose NLL is tracked
-                refs = greedy_references(ctx.policy, ex, ctx.gen.max_new_tokens, ctx.gen.batch_size)
+                refs = greedy_references(ctx.policy, ex, ctx.gen.max_new_tokens, ctx.gen.batch_size, tasks=ctx.prompted)
             ctx.say(f"interpolation {name} on {t}")
             fn = make_evaluate_fn(ex, ctx.gen, references=refs, heldout=ctx.heldout,
-                                  heldout_max_docs=min(ctx.a.heldout_docs, 200) or None)
+                                  heldout_max_docs=min(ctx.a.heldout_docs, 200) or None, tasks=ctx.prompted)
             start = ctx.base if a is None else ctx.ckpts[t][a]
             pts = interpolate(ctx.policy, start, ctx.ckpts[t][b], alphas, fn)
             ctx.store.put({"alphas": alphas, "points": pts, "barriers": barriers(pts)}, "interpolation", t, name)
@@ -255,7 +257,7 @@ def _probes(ctx: _Context) -> None:
         norms = [n for n in (ne, ng) if n > 0]
         ts = log_grid(min(norms) / 2, 1.5 * max(norms), ctx.a.probe_points, norms)
         ctx.say(f"direction probes on {t}: {len(ts)} points x {len(dirs) + 1} directions")
-        res = direction_probe(ctx.policy, ctx.base, dirs, ts, make_evaluate_fn(probe_ex, ctx.gen),
+        res = direction_probe(ctx.policy, ctx.base, dirs, ts, make_evaluate_fn(probe_ex, ctx.gen, tasks=ctx.prompted),
                               random_seed=ctx.a.seed)
         ctx.store.put(res, "probes", t)
 
@@ -266,8 +268,8 @@ def _fisher(ctx: _Context) -> None:
     if not ctx.store.has("theory", "fisher"):
         ctx.say("Fisher traces of the base model per task")
         ctx.store.put({k: fisher_trace(ctx.policy, v[:ctx.a.kl_prompts], k, ctx.a.kl_prompts,
-                                       ctx.a.kl_max_new_tokens, ctx.a.seed) for k, v in ctx.test.items()},
-                      "theory", "fisher")
+                                       ctx.a.kl_max_new_tokens, ctx.a.seed, task=ctx.prompted[k])
+                       for k, v in ctx.test.items()}, "theory", "fisher")
 
 
 def _theory(ctx: _Context) -> None:

@@ -32,6 +32,7 @@ from esgrpo.config.schema import (
     GenerationConfig,
     GRPOConfig,
     ModelConfig,
+    PromptConfig,
     RayConfig,
     SequenceConfig,
     SequentialSettings,
@@ -40,12 +41,14 @@ from esgrpo.config.schema import (
     TaskName,
     TinyModelConfig,
     TrainConfig,
+    is_task,
 )
 
 __all__ = [
     "COMMAND_CONFIGS", "METHODS", "NON_NEGATIVE", "POSITIVE", "PROBABILITY", "TASK_NAMES", "AnalysisConfig",
     "BuildConfig", "DataConfig", "ESConfig", "EvalConfig", "F", "GRPOConfig", "GenerationConfig", "ModelConfig",
-    "RayConfig", "SequenceConfig", "SequentialSettings", "SetupConfig", "StudyConfig", "TaskName", "TinyModelConfig",
-    "TrainConfig", "config_fields", "dump_yaml", "field_help", "from_dict", "identity", "identity_changes",
-    "leaf_types", "load_config", "merge", "parse_overrides", "read_yaml", "sub", "to_dict", "validate",
+    "PromptConfig", "RayConfig", "SequenceConfig", "SequentialSettings", "SetupConfig", "StudyConfig", "TaskName",
+    "TinyModelConfig", "TrainConfig", "config_fields", "dump_yaml", "field_help", "from_dict", "identity",
+    "identity_changes", "is_task", "leaf_types", "load_config", "merge", "parse_overrides", "read_yaml", "sub",
+    "to_dict", "validate",
 ]

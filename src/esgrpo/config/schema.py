@@ -24,8 +24,20 @@ TASK_NAMES = ("countdown", "math", "chemistry", "boolq")
 METHODS = ("es_short", "es_long", "grpo")  # the study's three trained models per task
 TaskName = Literal["countdown", "math", "chemistry", "boolq"]
 
-_TASK_LIST = (lambda v: len(v) > 0 and all(t in TASK_NAMES for t in v) and len(set(v)) == len(v),
-              "a non-empty list without repeats of " + ", ".join(TASK_NAMES))
+
+def is_task(name: object) -> bool:
+    """A built-in task name, or `package.module:ClassName` naming a Task subclass (bring your own task)."""
+    if not isinstance(name, str):
+        return False
+    if name in TASK_NAMES:
+        return True
+    module, _, attr = name.partition(":")
+    return bool(module) and bool(attr) and all(part.isidentifier() for part in [*module.split("."), attr])
+
+
+TASK_HELP = ", ".join(TASK_NAMES) + ", or package.module:ClassName (your own Task subclass)"
+_TASK_LIST = (lambda v: len(v) > 0 and all(is_task(t) for t in v) and len(set(v)) == len(v),
+              "a non-empty list without repeats of " + TASK_HELP)
 _SHARE = (lambda v: 0 <= v < 1, "in [0, 1)")
 
 
@@ -87,7 +99,7 @@ class TinyModelConfig:
 class DataConfig:
     """Which tasks and which data."""
 
-    tasks: list[str] = F(list(TASK_NAMES), "Tasks to use, from: " + ", ".join(TASK_NAMES) + ".", _TASK_LIST)
+    tasks: list[str] = F(list(TASK_NAMES), "Tasks to use, from: " + TASK_HELP + ".", _TASK_LIST)
     source: Literal["synthetic", "hub"] = F("synthetic", "synthetic (seeded, offline) or hub (the paper's "
                                             "datasets via `datasets`, or local files given in data.data_paths).")
     data_paths: dict[str, str] = F({}, "Local files/dirs in the hub schema, per task (source=hub only), "
@@ -96,6 +108,21 @@ class DataConfig:
     seed: int = F(1234, "Seed of the synthetic generators.")
     n_train: int = F(200, "Training examples per task (the paper: 200).", POSITIVE)
     n_test: int = F(500, "Test examples per task (the paper: 2000, Math 500).", POSITIVE)
+
+
+@dataclass
+class PromptConfig:
+    """How an example becomes chat messages: the task's system prompt and question, plus, for real chat models,
+    an explicit format line, worked examples, an assistant prefill and a stop rule."""
+
+    format_line: bool = F(False, "Append the task's explicit answer-format instruction to every question (e.g. "
+                          "'End with \\boxed{yes} or \\boxed{no}.').")
+    shots: int = F(0, "Worked examples before the question, from the training split, with balanced labels / answer "
+                   "letters (the same for every prompt, chosen by prompt.seed).", NON_NEGATIVE)
+    prefill: str = F("", "Text the assistant's turn starts with; the model continues it and the reward reads both.")
+    stop: bool = F(False, "End a response as soon as its answer is complete (the closing brace of \\boxed{...}, the "
+                   "answer letter) instead of at end-of-text.")
+    seed: int = F(0, "Seed of the choice of worked examples.")
 
 
 @dataclass
@@ -287,6 +314,7 @@ class EvalConfig:
 
     model: ModelConfig = sub(ModelConfig)
     data: DataConfig = sub(DataConfig)
+    prompt: PromptConfig = sub(PromptConfig)
     generation: GenerationConfig = sub(GenerationConfig)
     split: Literal["train", "test"] = F("test", "Which split to evaluate.")
     n_show: int = F(8, "Responses saved per task as samples.", NON_NEGATIVE, control=True)
@@ -310,20 +338,24 @@ class SetupConfig:
     model: ModelConfig = sub(ModelConfig)
     tiny: TinyModelConfig = sub(TinyModelConfig)
     data: DataConfig = sub(DataConfig)
+    prompt: PromptConfig = sub(PromptConfig)
     generation: GenerationConfig = sub(GenerationConfig)
     es: ESConfig = sub(ESConfig)
     grpo: GRPOConfig = sub(GRPOConfig)
     ray: RayConfig = sub(RayConfig, control=True)
+    report_to: Literal["none", "tensorboard", "trackio"] = F(
+        "none", "Also send every training metrics row (reward, update norm, KL, lr, tokens/s) to TensorBoard "
+        "(<run>/tensorboard/) or trackio; metrics.jsonl stays the record. Needs the `tracking` extra.",
+        control=True)
 
 
 @dataclass
 class TrainConfig(SetupConfig):
     """`esgrpo train es|grpo`: train one model on one task, then evaluate it on the test split."""
 
-    task: TaskName = F("countdown", "The task to train on.")
+    task: str = F("countdown", "The task to train on: " + TASK_HELP + ".", (is_task, TASK_HELP))
     eval_tasks: list[str] = F([], "Tasks to evaluate after training (default: the trained task only).",
-                              (lambda v: all(t in TASK_NAMES for t in v), "names among " + ", ".join(TASK_NAMES)),
-                              control=True)
+                              (lambda v: all(is_task(t) for t in v), "names among " + TASK_HELP), control=True)
     out: str = F("", "Run directory (default: runs/<method>-<task>-<time>).", control=True)
     resume: bool = F(False, "Continue a finished run in `out` to a larger budget (es.iterations / grpo.steps). "
                      "An interrupted run resumes from its latest checkpoint with or without this flag.",
@@ -361,6 +393,10 @@ class StudyConfig(SetupConfig):
                                 "(evaluated on extra_n_test examples per task).")
     extra_n_test: int = F(50, "Test examples per task for the extra models.", NON_NEGATIVE)
     extra_max_new_tokens: int = F(160, "max_new_tokens for the extra models (they reason in prose).", POSITIVE)
+    extra_prompt: PromptConfig = dataclasses.field(
+        default_factory=lambda: PromptConfig(format_line=True, shots=2, stop=True),
+        metadata={"help": "Prompts for the extra models (real chat models): by default a format line, two worked "
+                          "examples and the stop rule (see the prompt section)."})
     out: str = F("runs/study", "Study directory (report.html, report.md, results.json, analysis.json, figures/, "
                  "runs/).", control=True)
     analysis: AnalysisConfig = sub(AnalysisConfig)
@@ -390,8 +426,9 @@ class StudyConfig(SetupConfig):
 
     def train_config(self, task: str) -> TrainConfig:
         """The training run of one task with this study's model, data and trainer settings."""
-        return TrainConfig(model=self.model, tiny=self.tiny, data=self.data, generation=self.generation,
-                           es=self.es, grpo=self.grpo, ray=self.ray, task=task)
+        return TrainConfig(model=self.model, tiny=self.tiny, data=self.data, prompt=self.prompt,
+                           generation=self.generation, es=self.es, grpo=self.grpo, ray=self.ray,
+                           report_to=self.report_to, task=task)
 
 
 def check_parallel_threads(cfg: StudyConfig | SequenceConfig) -> None:

@@ -11,6 +11,7 @@ ES perturbs and restores the tensors returned by `named_parameters()` in place; 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,8 +63,9 @@ class Policy:
 
     def generate(self, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seeds: list[int] | None = None, return_logprobs: bool = False,
-                 batch_size: int | None = None) -> Generation:
-        """Generate in micro-batches of `batch_size` prompts (results are batch-size independent)."""
+                 batch_size: int | None = None, stop: Callable[[str], bool] | None = None) -> Generation:
+        """Generate in micro-batches of `batch_size` prompts (results are batch-size independent); `stop`: a
+        rule on the decoded response that ends it early (rollout.generate)."""
         was_training = self.model.training
         self.model.eval()
         bs = batch_size or len(prompt_ids)
@@ -73,7 +75,7 @@ class Policy:
                 self.model, prompt_ids[s:s + bs], eos_ids=self.eos_ids, pad_id=self.pad_id,
                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                 seeds=None if seeds is None else seeds[s:s + bs], return_logprobs=return_logprobs,
-                decode=self.decode))
+                decode=self.decode, stop=stop))
         self.model.train(was_training)
         return Generation(
             response_ids=[r for p in parts for r in p.response_ids],

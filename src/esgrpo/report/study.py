@@ -24,21 +24,38 @@ def _mb(x: float | None) -> str:
 
 
 def table1(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """The paper's Table 1 layout: header and rows."""
+    """The paper's Table 1 layout, with the best constant answer's accuracy beside it: header and rows."""
     es = results.get("es_config", {})
     short = es.get("iterations", "?")
     long_ = short * results.get("es_long_factor", 3) if isinstance(short, int) else "?"
     header = ["task", "base", f"ES({short})", f"ES({long_})", "GRPO", f"gain ES({short})", "gain GRPO",
-              "paper: base / ES(100) / ES(300) / GRPO"]
+              "constant answer", "paper: base / ES(100) / ES(300) / GRPO"]
     rows = []
     for task, base in results["base"].items():
         r = results["tasks"].get(task)
         acc = r["accuracy"] if r else {}
         gains = [f"{100 * (acc[m] - base):+.1f}" if m in acc else "-" for m in ("es_short", "grpo")]
+        const = (results.get("constant_baseline") or {}).get(task)
+        const_cell = f"{_pct(const['accuracy'])} (always {const['answer']})" if const else "-"
         paper = " / ".join(f"{v:.1f}" for v in PAPER_TABLE1.get(task, ()))
         rows.append([task, _pct(base), _pct(acc.get("es_short")), _pct(acc.get("es_long")), _pct(acc.get("grpo")),
-                     *gains, paper])
+                     *gains, const_cell, paper])
     return header, rows
+
+
+def format_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """Share of test responses in the required answer format (%), per task and model (None if not recorded)."""
+    base = results.get("base_right_format")
+    if not base:
+        return None
+    rows = []
+    for task, b in base.items():
+        rf = results["tasks"].get(task, {}).get("right_format", {})
+        rows.append([task, _pct(b), *[_pct(rf.get(m)) for m in ("es_short", "es_long", "grpo")]])
+    es = results.get("es_config", {})
+    short = es.get("iterations", "?")
+    long_ = short * results.get("es_long_factor", 3) if isinstance(short, int) else "?"
+    return ["task", "base", f"ES({short})", f"ES({long_})", "GRPO"], rows
 
 
 def budget_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -129,6 +146,13 @@ def study_document(root: Path, results: dict[str, Any], cfg: Any) -> Document:
              + ("(each method on its own configured budget, as the paper's configs)."
                 if results["budget_mode"] == "paper" else "(GRPO gets exactly the rollouts of ES short)."))
     doc.table(*table1(results))
+    doc.para("Constant answer: the accuracy of always giving the most common reference answer of the test "
+             "split (e.g. always \"yes\"), the bar a model that ignores the question clears; countdown has none.")
+    fmt = format_table(results)
+    if fmt is not None:
+        doc.para("Right-format rate (%): the share of test responses that give an answer in the required format "
+                 "(a parseable \\boxed{} or answer letter), right or wrong. Much of a gain can be format alone.")
+        doc.table(*fmt)
     doc.para(f"ES: N={cfg.es.population}, sigma={cfg.es.sigma}, alpha={cfg.es.alpha}, "
              f"batch={cfg.es.batch_size or 'all'}, decoding={cfg.es.decoding}, antithetic={cfg.es.antithetic}. "
              f"GRPO: K={g.group_size}, prompts/step={g.prompts_per_step}, lr={g.lr}, steps={g.steps}, beta={g.beta}, "
@@ -152,11 +176,19 @@ def study_document(root: Path, results: dict[str, Any], cfg: Any) -> Document:
                "the base model's test accuracy.")
     if results.get("extra_models"):
         doc.heading("Other models (base, greedy)")
+        p = cfg.extra_prompt
+        doc.para(f"Prompts: format line {'on' if p.format_line else 'off'}, {p.shots} worked examples, stop rule "
+                 f"{'on' if p.stop else 'off'}{', prefill ' + repr(p.prefill) if p.prefill else ''}. Each cell: "
+                 "accuracy %, right-format %, the best constant answer's accuracy %, truncated %.")
         rows = []
         for name, e in results["extra_models"].items():
-            rows.append([name, f"{e['parameters']:,}", str(e["n"])]
-                        + [f"{_pct(e['accuracy'].get(t))} (trunc. {100 * e['truncated'].get(t, 0):.0f}%)"
-                           for t in results["base"]])
+            cells = []
+            for t in results["base"]:
+                const = (e.get("constant_baseline") or {}).get(t)
+                cells.append(f"{_pct(e['accuracy'].get(t))} (format {_pct((e.get('right_format') or {}).get(t))}, "
+                             f"constant {_pct(const['accuracy']) if const else '-'}, "
+                             f"trunc. {100 * e['truncated'].get(t, 0):.0f}%)")
+            rows.append([name, f"{e['parameters']:,}", str(e["n"]), *cells])
         doc.table(["model", "parameters", "n/task", *results["base"]], rows)
     doc.para(f"Tiny model build: {results['build_seconds']:.0f} s (0 if cached). "
              f"Total study time: {results['seconds']:.0f} s.")

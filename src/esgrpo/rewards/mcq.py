@@ -30,6 +30,15 @@ def _last(pattern: re.Pattern[str], s: str) -> str | None:
     return found
 
 
+def answer_field(text: str) -> str | None:
+    """The letter of an explicit answer field (`"answer": "C"` or `answer: C`), or None."""
+    if not isinstance(text, str):
+        return None
+    s = tail(text)
+    letter = _last(_JSON_RE, s) or _last(_KEY_RE, s)
+    return letter.upper() if letter else None
+
+
 def extract_choice(text: str) -> str | None:
     """The chosen letter (upper case) by the paper's three rules, or None."""
     if not isinstance(text, str):

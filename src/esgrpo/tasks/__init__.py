@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from esgrpo.config.schema import TASK_NAMES
+from esgrpo.config.schema import TASK_HELP, TASK_NAMES, is_task
 from esgrpo.errors import ConfigError, DataSourceError
 from esgrpo.tasks.base import Example, Scores, Task, score_responses
 from esgrpo.tasks.boolq import BoolQTask
 from esgrpo.tasks.chemistry import ChemistryTask
 from esgrpo.tasks.countdown import CountdownTask
+from esgrpo.tasks.custom import JsonlTask
 from esgrpo.tasks.math import MathTask
 
 if TYPE_CHECKING:
@@ -27,11 +28,24 @@ assert set(_TASKS) == set(TASK_NAMES)
 
 
 def get_task(name: str) -> Task:
-    """A task by name; an unknown name is a ConfigError listing the allowed ones."""
+    """A task by name: a built-in one, or `package.module:ClassName` naming a Task subclass of your own
+    (importable from the current environment). Anything else is a ConfigError naming what is allowed."""
     cls = _TASKS.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise ConfigError(f"unknown task {name!r}; allowed: {', '.join(TASK_NAMES)}")
-    return cls()
+    if cls is not None:
+        return cls()
+    if not is_task(name):
+        raise ConfigError(f"unknown task {name!r}; allowed: {TASK_HELP}")
+    import importlib
+
+    module, _, attr = name.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"task {name!r}: cannot import {attr} from {module} ({type(e).__name__}: {e})") from None
+    task = found() if isinstance(found, type) else found
+    if not isinstance(task, Task):
+        raise ConfigError(f"task {name!r} is a {type(task).__name__}, not an esgrpo.tasks.Task")
+    return task
 
 
 def load_examples(
@@ -51,6 +65,13 @@ def load_examples(
     t = get_task(task)
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
         raise ConfigError(f"n must be a non-negative integer, got {n!r}")
+    if not t.builtin:  # a task of your own loads its own data
+        if split not in ("train", "test"):
+            raise ConfigError(f"task {task!r} has train and test splits, not {split!r}")
+        out = t.examples(split, n if n is not None else 10**9, seed)  # type: ignore[arg-type]
+        if n is not None and len(out) < n:
+            raise DataSourceError(f"task {task!r}: the {split} split has {len(out)} examples, {n} were asked for")
+        return out[:n] if n is not None else out
     if source == "synthetic":
         if n is None:
             raise ConfigError("synthetic data needs an explicit number of examples n")
@@ -99,5 +120,5 @@ def examples_hash(examples: list[Example]) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["SOURCES", "TASK_NAMES", "Example", "Scores", "Task", "check_disjoint", "examples_hash", "get_task",
-           "load_examples", "load_task_examples", "score_responses"]
+__all__ = ["SOURCES", "TASK_NAMES", "Example", "JsonlTask", "Scores", "Task", "check_disjoint", "examples_hash",
+           "get_task", "load_examples", "load_task_examples", "score_responses"]

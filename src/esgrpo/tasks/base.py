@@ -32,7 +32,14 @@ class Example:
 
 
 class Task(ABC):
-    """A verifiable-reward task. Subclasses set `name` and `system_prompt` and implement the rest."""
+    """A verifiable-reward task: examples, the chat messages of an example, and a reward.
+
+    To bring your own task, subclass it (or `JsonlTask` for data in JSONL files), set `name` and
+    `system_prompt`, implement `reward` and `examples`, and name it as `package.module:ClassName` wherever a
+    task name goes (`--task`, `data.tasks`, `sequential.order`); both trainers, evaluation, the analyses and
+    the study then use it like a built-in task. `answer` and `gold` (optional) give the right-format rate
+    and the constant-answer baseline; `demonstration` is only needed to build the tiny model's corpus.
+    """
 
     name: str
     system_prompt: str
@@ -51,17 +58,50 @@ class Task(ABC):
         Call it through `score_responses`, which maps a failure (an exception, a non-number) to 0 and
         counts it; the built-in tasks call their reward functions unchecked so failures are seen."""
 
-    @abstractmethod
+    def answer(self, text: str) -> str | None:
+        """The answer a response gives, in canonical form, or None when it gives none in the required format
+        (for the right-format rate and the answer distribution beside every accuracy)."""
+        return None
+
+    def gold(self, example: Example) -> str | None:
+        """The example's reference answer in the same canonical form (None: no constant-answer baseline)."""
+        return None
+
+    builtin = False  # the four tasks of the study load data by `data.source`; other tasks by `examples`
+    format_line = ""  # an explicit answer-format instruction (prompt.format_line appends it to every question)
+
+    def prompt_ids(self, policy: Any, examples: Sequence[Example]) -> list[list[int]]:
+        """Token ids of the examples' prompts through the policy's chat template (with the generation prompt)."""
+        return policy.encode([self.messages(ex) for ex in examples])
+
+    @property
+    def stop(self) -> Any:
+        """A rule `done(response_text) -> bool` that ends a response early, or None (end at end-of-text)."""
+        return None
+
+    def worked_answer(self, example: Example) -> str:
+        """A correct response to `example` in the required format (a worked example in k-shot prompts)."""
+        return self.demonstration(example, random.Random(0), "correct")
+
+    def answer_complete(self, text: str) -> bool:
+        """Whether `text` already holds a complete answer in the required format (prompt.stop ends it there)."""
+        return self.answer(text) is not None
+
+    def examples(self, split: Literal["train", "test"], n: int, seed: int) -> list[Example]:
+        """The first `n` examples of a split (a task of your own implements this; train and test disjoint)."""
+        raise NotImplementedError(f"task {self.name!r} does not implement examples(split, n, seed)")
+
     def synthetic(self, split: Split, n: int, seed: int) -> list[Example]:
         """`n` seeded synthetic examples; the splits are disjoint."""
+        raise NotImplementedError(f"task {self.name!r} has no synthetic examples")
 
-    @abstractmethod
     def from_hub(self, split: Literal["train", "test"], n: int | None, path: str | None) -> list[Example]:
         """The paper's dataset (hub id, or a local file/dir in the same schema when `path` is set)."""
+        raise NotImplementedError(f"task {self.name!r} has no hub dataset")
 
-    @abstractmethod
     def demonstration(self, example: Example, rng: random.Random, kind: DemoKind) -> str:
         """A response for the tiny model's pretraining corpus: correct, wrong answer, or format slip."""
+        raise NotImplementedError(f"task {self.name!r} has no demonstrations (only needed to build the tiny model)")
 
 
 @dataclass

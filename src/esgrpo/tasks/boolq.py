@@ -15,7 +15,8 @@ import random
 from typing import Any, Literal
 
 from esgrpo.errors import DataSourceError
-from esgrpo.rewards.boolq import boolq_reward, gold_bool
+from esgrpo.rewards.boolq import boolq_reward, gold_bool, parse_yes_no
+from esgrpo.rewards.extract import last_boxed
 from esgrpo.tasks.base import DemoKind, Example, Split, Task
 from esgrpo.tasks.hub import collect_synthetic, load_rows
 from esgrpo.tasks.math import NAMES  # the same cast of people across tasks
@@ -93,11 +94,25 @@ def _word(answer: bool) -> str:
 class BoolQTask(Task):
     """Reading comprehension yes/no questions with the `\\boxed{yes|no}` format."""
 
+    builtin = True
+    format_line = "End your answer with \\boxed{yes} or \\boxed{no}."
+
     name = "boolq"
     system_prompt = "Think step by step, then answer \\boxed{yes} or \\boxed{no}."
 
     def reward(self, text: str, example: Example) -> float:
         return boolq_reward.unchecked(text, example.target["answer"])
+
+    def answer_complete(self, text: str) -> bool:
+        return last_boxed(text) is not None
+
+    def answer(self, text: str) -> str | None:
+        value = parse_yes_no(last_boxed(text))
+        return None if value is None else _word(value)
+
+    def gold(self, example: Example) -> str | None:
+        value = gold_bool(example.target.get("answer"))
+        return None if value is None else _word(value)
 
     def synthetic(self, split: Split, n: int, seed: int) -> list[Example]:
         return collect_synthetic(self.name, split, n, seed, _draw, SYNTHETIC_CAPACITY)

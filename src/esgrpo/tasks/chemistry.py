@@ -20,7 +20,7 @@ import re
 from typing import Any, Literal
 
 from esgrpo.errors import ConfigError, DataSourceError
-from esgrpo.rewards.mcq import LETTERS, mcq_reward
+from esgrpo.rewards.mcq import LETTERS, answer_field, extract_choice, mcq_reward
 from esgrpo.tasks.base import DemoKind, Example, Split, Task
 from esgrpo.tasks.hub import collect_synthetic, load_rows
 
@@ -99,11 +99,25 @@ def _draw(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
 class ChemistryTask(Task):
     """4-choice chemistry questions with the `"answer": "X"` format."""
 
+    builtin = True
+    format_line = 'End your answer with "answer": "X", X being the letter of the right choice (A, B, C or D).'
+
     name = "chemistry"
     system_prompt = 'Think step by step, then end with "answer": "X", X being the letter of the right choice.'
 
     def reward(self, text: str, example: Example) -> float:
         return mcq_reward.unchecked(text, str(example.target["answer"]))
+
+    def answer_complete(self, text: str) -> bool:
+        """The answer field is there (a letter alone may be part of the reasoning)."""
+        return answer_field(text) is not None
+
+    def answer(self, text: str) -> str | None:
+        return extract_choice(text)
+
+    def gold(self, example: Example) -> str | None:
+        letter = str(example.target.get("answer", "")).strip().upper()
+        return letter if letter in LETTERS and len(letter) == 1 else None
 
     def synthetic(self, split: Split, n: int, seed: int) -> list[Example]:
         return collect_synthetic(self.name, split, n, seed, _draw, SYNTHETIC_CAPACITY)

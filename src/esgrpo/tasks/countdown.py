@@ -22,7 +22,8 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from esgrpo.errors import DataSourceError
-from esgrpo.rewards.countdown import countdown_reward
+from esgrpo.rewards.countdown import countdown_reward, evaluate_expression
+from esgrpo.rewards.extract import last_boxed
 from esgrpo.tasks.base import DemoKind, Example, Split, Task
 from esgrpo.tasks.hub import collect_synthetic, load_rows
 
@@ -167,11 +168,28 @@ def _draw(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
 class CountdownTask(Task):
     """Countdown with the `\\boxed{expr}` answer format."""
 
+    builtin = True
+    format_line = ("End your answer with one expression in \\boxed{} that uses each number once, "
+                   "e.g. \\boxed{(3+5)*2}.")
+
     name = "countdown"
     system_prompt = "Think step by step, then give \\boxed{expr} using each number once to reach the target."
 
     def reward(self, text: str, example: Example) -> float:
         return countdown_reward.unchecked(text, example.target["nums"], example.target["target"])
+
+    def answer_complete(self, text: str) -> bool:
+        return last_boxed(text) is not None
+
+    def answer(self, text: str) -> str | None:
+        """The boxed expression's value (an expression that parses is the right format); no constant
+        answer solves different instances, so there is no gold label to compare with."""
+        boxed = last_boxed(text)
+        result = evaluate_expression(boxed) if boxed is not None else None
+        if result is None:
+            return None
+        value = result[0]
+        return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
 
     def synthetic(self, split: Split, n: int, seed: int) -> list[Example]:
         return collect_synthetic(self.name, split, n, seed, _draw, SYNTHETIC_CAPACITY)

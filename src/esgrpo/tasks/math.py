@@ -17,7 +17,8 @@ from __future__ import annotations
 import random
 from typing import Any, Literal
 
-from esgrpo.rewards.math import math_reward, parse_number
+from esgrpo.rewards.extract import last_boxed
+from esgrpo.rewards.math import math_reward, normalize_answer, parse_number
 from esgrpo.tasks.base import DemoKind, Example, Split, Task
 from esgrpo.tasks.countdown import Node, combine, leaf
 from esgrpo.tasks.hub import collect_synthetic, load_rows
@@ -135,11 +136,24 @@ def _wrong_answer(answer: str, rng: random.Random) -> str:
 class MathTask(Task):
     """Arithmetic / competition math with the `\\boxed{answer}` format."""
 
+    builtin = True
+    format_line = "End your answer with the final result in \\boxed{}, e.g. \\boxed{12}."
+
     name = "math"
     system_prompt = "Think step by step, then put the final answer in \\boxed{}."
 
     def reward(self, text: str, example: Example) -> float:
         return math_reward.unchecked(text, str(example.target["answer"]))
+
+    def answer_complete(self, text: str) -> bool:
+        return last_boxed(text) is not None
+
+    def answer(self, text: str) -> str | None:
+        boxed = last_boxed(text)
+        return None if boxed is None else normalize_answer(boxed)[:64]
+
+    def gold(self, example: Example) -> str | None:
+        return normalize_answer(str(example.target.get("answer", "")))[:64] or None
 
     def synthetic(self, split: Split, n: int, seed: int) -> list[Example]:
         return collect_synthetic(self.name, split, n, seed, _draw, SYNTHETIC_CAPACITY)

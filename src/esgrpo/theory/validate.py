@@ -167,7 +167,8 @@ def _against_predictions(walk: _Walk, coefs: list[dict[int, float]], alpha: floa
     }
 
 
-def fisher_trace(policy, examples: list, task_name: str, n_samples: int, max_new_tokens: int, seed: int = 0) -> dict:
+def fisher_trace(policy, examples: list, task_name: str, n_samples: int, max_new_tokens: int, seed: int = 0,
+                 task: Any = None) -> dict:
     """tr(F) of the sequence-level Fisher on a task: mean over sampled responses of ||grad log p(y|x)||^2.
 
     Responses are sampled from the policy at temperature 1 (seeded per row); the gradient is of the summed
@@ -175,11 +176,11 @@ def fisher_trace(policy, examples: list, task_name: str, n_samples: int, max_new
     """
     from esgrpo.tasks import get_task
 
-    task = get_task(task_name)
-    prompts = policy.encode([task.messages(ex) for ex in examples])
+    task = task or get_task(task_name)
+    prompts = task.prompt_ids(policy, examples)
     rows = [prompts[i % len(prompts)] for i in range(n_samples)]
     gen = policy.generate(rows, max_new_tokens=max_new_tokens, temperature=1.0,
-                          seeds=[seed + i for i in range(n_samples)])
+                          seeds=[seed + i for i in range(n_samples)], stop=task.stop)
     params = [p for _, p in policy.named_parameters()]
     vals = []
     for p_ids, r_ids in zip(rows, gen.response_ids, strict=True):

@@ -152,7 +152,7 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
     if start == 0 and cfg.save_base:
         save_checkpoint(policy, run.path, step_name(0), _state(0, budget, cfg))
 
-    prompt_ids = policy.encode([task.messages(ex) for ex in examples])
+    prompt_ids = task.prompt_ids(policy, examples)
     per_iteration = cfg.members_per_iteration * (cfg.batch_size or len(examples))
     progress = Progress(f"es {task.name}", budget.planned_steps(per_iteration) - start)
     last_fitness: list[float] | None = None

@@ -350,13 +350,13 @@ def _train_step(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCo
     rng = np.random.default_rng([cfg.seed, step, 0])
     picks = rng.choice(len(examples), size=P, replace=len(examples) < P).tolist()
     batch = [examples[i] for i in picks]
-    prompt_ids = policy.encode([task.messages(ex) for ex in batch])
+    prompt_ids = task.prompt_ids(policy, batch)
 
     # 2. K responses per prompt, laid out group-major (prompt 0's K responses, then prompt 1's ...).
     rep_prompts = [ids for ids in prompt_ids for _ in range(K)]
     seeds = [derive_seed(cfg.seed, step, 1, i) for i in range(P * K)]
     gen = policy.generate(rep_prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                          top_p=cfg.top_p, seeds=seeds, batch_size=cfg.gen_batch_size)
+                          top_p=cfg.top_p, seeds=seeds, batch_size=cfg.gen_batch_size, stop=task.stop)
     sync(device)
     t_gen = time.perf_counter()
 

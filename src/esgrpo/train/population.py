@@ -95,7 +95,7 @@ class TaskScorer:
         t0 = time.perf_counter()
         out = policy.generate(batch.prompt_ids, max_new_tokens=self.max_new_tokens,
                               temperature=self.temperature, top_p=self.top_p, seeds=batch.sample_seeds,
-                              batch_size=self.gen_batch_size)
+                              batch_size=self.gen_batch_size, stop=self.task.stop)
         t1 = time.perf_counter()
         scores = score_responses(self.task, out.texts, batch.examples)
         t2 = time.perf_counter()
