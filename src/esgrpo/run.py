@@ -130,6 +130,11 @@ def _train(method: Method, cfg: TrainConfig, train: list[Example], run: RunDir, 
            init_optimizer: Path | None) -> dict[str, Any]:
     task = make_task(cfg.task, cfg.prompt, cfg.data)
     policy = load_policy(cfg.model, cfg.tiny)
+    if method == "grpo" and cfg.grpo.backend == "trl":
+        from esgrpo.train.grpo_trl import train_grpo_trl
+
+        return train_grpo_trl(policy, task, train, cfg.grpo, run, resume=resume, init_optimizer=init_optimizer,
+                              stop=cfg.prompt.stop)
     if method == "grpo":
         return grpo_trainer.train_grpo(policy, task, train, cfg.grpo, run, resume=resume,
                                        init_optimizer=init_optimizer)

@@ -194,6 +194,10 @@ class ESConfig:
 class GRPOConfig:
     """GRPO post-training (group relative policy optimization)."""
 
+    backend: Literal["native", "trl"] = F(
+        "native", "native: esgrpo's own GRPO loop (the reference: bit-exact resume, the same decoding as ES); trl: "
+        "the same task, prompts, rewards and settings through TRL's GRPOTrainer (trl==1.16.0, the `trl` extra), "
+        "to scale with accelerate / DeepSpeed / vLLM. The same run directory either way; README: the field map.")
     steps: int = F(80, "Optimizer steps (0 = no step limit; then max_rollouts must be set).", NON_NEGATIVE,
                    control=True)
     max_rollouts: int = F(0, "Stop before a step would exceed this many sampled responses (0 = no limit). "
