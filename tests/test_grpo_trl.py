@@ -164,3 +164,70 @@ def test_same_config_and_seed_give_the_same_trl_run(tmp_path):
         main([*BASE, "--grpo.steps", "2", "--grpo.checkpoint_every", "0", "--out", str(tmp_path / name)])
     a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_through_accelerate_launch(tmp_path):
+    """accelerate launch, 2 processes on CPU (gloo): the main process keeps the run directory, each step's
+    rewards and tokens are gathered from both, and TRL's checkpoint holds both processes' RNG states."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    out = tmp_path / "run"
+    cmd = [str(bin_dir / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(bin_dir / "esgrpo"), "train",
+           *BASE[1:], "--grpo.micro_batch_size", "4", "--grpo.steps", "2", "--grpo.checkpoint_every", "2",
+           "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["processes"] == 2 and res["steps"] == 2 and res["rollouts"] == 32
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["tokens"] == round(rows[0]["response_len"] * 16)  # 16 responses per step, from both processes
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in (out / "trl" / "checkpoint-2").iterdir()}
+    from safetensors.torch import load_file
+
+    from esgrpo.models.tiny import SHIPPED
+
+    base = load_file(str(SHIPPED / "model.safetensors"))
+    final = _final_weights(out)
+    assert base.keys() == final.keys() and any(not torch.equal(base[k], final[k]) for k in base)
+    assert json.loads((out / "eval.json").read_text())["final"]["boolq"]["n"] == 10
+
+
+@pytest.mark.slow
+def test_the_study_runs_unchanged_with_the_trl_backend(tmp_path):
+    """Table 1, the analyses, the sequence (each GRPO stage starts from the previous stage's AdamW moments)
+    and the report, with GRPO through TRL."""
+    from esgrpo.config import (
+        AnalysisConfig,
+        DataConfig,
+        ESConfig,
+        GenerationConfig,
+        ModelConfig,
+        StudyConfig,
+        TinyModelConfig,
+    )
+    from esgrpo.study import run_study
+
+    cfg = StudyConfig(
+        model=ModelConfig(name="tiny", cache_dir=str(tmp_path / "cache")), tiny=TinyModelConfig(),
+        data=DataConfig(tasks=["math", "boolq"], n_train=12, n_test=8),
+        generation=GenerationConfig(max_new_tokens=24, batch_size=16),
+        es=ESConfig(population=2, sigma=0.02, alpha=0.02, iterations=1, batch_size=4, max_new_tokens=16),
+        grpo=GRPOConfig(backend="trl", steps=2, prompts_per_step=3, group_size=4, micro_batch_size=4,
+                        max_new_tokens=16, lr=1e-3),
+        es_long_factor=2, extra_models=[], out=str(tmp_path / "study"),
+        analysis=AnalysisConfig(n_examples=4, alphas=2, probe_points=2, probe_n_examples=4, kl_prompts=2,
+                                kl_samples=1, kl_max_new_tokens=8, heldout_docs=10))
+    run_study(cfg)
+    root = tmp_path / "study"
+    assert json.loads((root / "runs" / "math-grpo" / "results.json").read_text())["backend"] == "trl"
+    stage2 = json.loads((root / "sequence" / "runs" / "grpo" / "stage-2-boolq" / "results.json").read_text())
+    assert stage2["backend"] == "trl" and stage2["steps"] == 2
+    md = (root / "report.md").read_text()
+    assert "| math |" in md and "## Sequential" in md

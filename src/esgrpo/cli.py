@@ -138,6 +138,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from esgrpo.run import load_train_config, run_training
 
     out = run_training(args.method, load_train_config(args.config, parse_overrides(config_pairs(args))))
+    if out["eval"] is None:  # a process of a multi-process job other than the main one: it keeps nothing
+        return
     acc = {t: round(100 * v["accuracy"], 1) for t, v in out["eval"]["final"].items()}
     print(json.dumps({"run": out["run"], "test_accuracy_%": acc, "rollouts": out["train"]["rollouts"],
                       "seconds": round(out["train"]["seconds"], 1)}))

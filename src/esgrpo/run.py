@@ -77,6 +77,11 @@ def run_training(method: Method, cfg: TrainConfig, run_path: str | Path | None =
     inputs = {"model": model_identity(cfg.model, cfg.tiny),
               "data": examples_hash(train + [ex for t in eval_tasks for ex in test[t]])}
     path = Path(run_path or cfg.out or default_run_path(method, cfg.task))
+    if method == "grpo" and cfg.grpo.backend == "trl":
+        from esgrpo.train.grpo_trl import is_main_process
+
+        if not is_main_process():
+            return _train_beside_main(cfg, train, path)
 
     # 2. The run directory: identity check, then the lock.
     with RunDir(path, cfg, command=f"train {method}", inputs=inputs) as run:
@@ -152,6 +157,18 @@ def _train(method: Method, cfg: TrainConfig, train: list[Example], run: RunDir, 
                       "worker_restarts": evaluator.restarts, "worker_info": evaluator.worker_info}
     run.write_results(results)
     return results
+
+
+def _train_beside_main(cfg: TrainConfig, train: list[Example], path: Path) -> dict[str, Any]:
+    """A process of a multi-process TRL job (accelerate launch) other than the main one: it trains beside the
+    main process, which owns the run directory (identity check, records, checkpoints, evaluation)."""
+    from esgrpo.train.grpo_trl import train_grpo_trl
+
+    policy = load_policy(cfg.model, cfg.tiny)
+    task = make_task(cfg.task, cfg.prompt, cfg.data)
+    train_grpo_trl(policy, task, train, cfg.grpo, None, resume=(path / "trl").is_dir(), out=path,
+                   stop=cfg.prompt.stop)
+    return {"train": None, "eval": None, "run": str(path), "trained": True}
 
 
 def _checkpoint_step(ckpt: Path) -> int | None:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from esgrpo.config import EvalConfig, SequenceConfig, StudyConfig
+from esgrpo.config import EvalConfig, SequenceConfig, StudyConfig, validate
 from esgrpo.errors import ConfigError
 from esgrpo.models import model_identity
 from esgrpo.parallel import Job, run_jobs
@@ -177,7 +177,9 @@ def study_jobs(cfg: StudyConfig, root: Path, cells: dict[str, tuple[str, ...]], 
 def run_study(cfg: StudyConfig, only: list[str] | None = None) -> dict[str, Any]:
     """Base eval + training on every task + analyses + sequence + report; resumable. `only`: just these
     TASK:METHOD cells (no analyses, sequence or report unless every cell is then done)."""
-    # 1. Checks before anything is written: the study directory's identity and the data.
+    # 1. Checks before anything is written: the settings (also when built in Python), the study directory's
+    #    identity and the data.
+    validate(cfg)
     cells = parse_only(only, cfg.data.tasks) if only else {t: CELL_METHODS for t in cfg.data.tasks}
     data = [ex for split, n in (("train", cfg.data.n_train), ("test", cfg.data.n_test))
             for exs in load_task_examples(cfg.data, split, n).values() for ex in exs]

@@ -161,6 +161,7 @@ def trl_arguments(cfg: GRPOConfig, out: Path, planned_steps: int, *, world: int 
         "remove_unused_columns": False,
         "num_iterations": 1,
         "mask_truncated_completions": False,
+        "ddp_find_unused_parameters": False,  # every parameter gets a gradient
     }
 
 
