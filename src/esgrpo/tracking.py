@@ -38,7 +38,35 @@ def scalars(row: dict[str, Any]) -> tuple[str, int, dict[str, float]] | None:
     return trainer, int(step), {k: float(row[k]) for k in SCALARS if isinstance(row.get(k), int | float)}
 
 
-class TensorBoardTracker:
+class _Tracker:
+    """Turns a metrics row into scalars (plus generated tokens/s) and hands them to `_write`."""
+
+    _last_tokens: float | None = None
+
+    def log(self, row: dict[str, Any]) -> None:
+        found = scalars(row)
+        if found is None:
+            return
+        trainer, step, values = found
+        values.update(self._tokens_per_second(row))
+        self._write({f"{trainer}/{k}": v for k, v in values.items() if v == v}, step)  # NaN-free
+
+    def _tokens_per_second(self, row: dict[str, Any]) -> dict[str, float]:
+        """Generated tokens of this iteration / step per wall second, from the cumulative token count (the
+        first row after a resume has no previous count and is skipped)."""
+        seconds = row.get("iteration_seconds", row.get("step_seconds"))
+        total = row.get("tokens")
+        previous = 0.0 if row.get("iteration", row.get("step")) == 1 else self._last_tokens
+        self._last_tokens = total
+        if not seconds or total is None or previous is None:
+            return {}
+        return {"tokens_per_second": (total - previous) / seconds}
+
+    def _write(self, values: dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+
+class TensorBoardTracker(_Tracker):
     def __init__(self, run_path: Path) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -46,24 +74,17 @@ class TensorBoardTracker:
             raise ConfigError("report_to = tensorboard needs the tensorboard package: pip install "
                               "'esgrpo[tracking]'") from None
         self.writer = SummaryWriter(log_dir=str(Path(run_path) / "tensorboard"))
-        self._last_tokens: float | None = None
 
-    def log(self, row: dict[str, Any]) -> None:
-        found = scalars(row)
-        if found is None:
-            return
-        trainer, step, values = found
-        values.update(_tokens_per_second(row, self))
+    def _write(self, values: dict[str, float], step: int) -> None:
         for name, value in values.items():
-            if value == value:  # NaN-free
-                self.writer.add_scalar(f"{trainer}/{name}", value, step)
+            self.writer.add_scalar(name, value, step)
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
 
 
-class TrackioTracker:
+class TrackioTracker(_Tracker):
     def __init__(self, run_path: Path) -> None:
         try:
             import trackio
@@ -71,31 +92,12 @@ class TrackioTracker:
             raise ConfigError("report_to = trackio needs the trackio package: pip install 'esgrpo[tracking]'") from None
         self.trackio = trackio
         self.run = trackio.init(project="esgrpo", name=str(Path(run_path)).replace("/", "_")[-120:])
-        self._last_tokens: float | None = None
 
-    def log(self, row: dict[str, Any]) -> None:
-        found = scalars(row)
-        if found is None:
-            return
-        trainer, step, values = found
-        values.update(_tokens_per_second(row, self))
-        self.trackio.log({f"{trainer}/{k}": v for k, v in values.items() if v == v}, step=step)
+    def _write(self, values: dict[str, float], step: int) -> None:
+        self.trackio.log(values, step=step)
 
     def close(self) -> None:
         self.trackio.finish()
-
-
-def _tokens_per_second(row: dict[str, Any], tracker: Any) -> dict[str, float]:
-    """Generated tokens of this iteration / step per wall second, from the cumulative token count (the first
-    row after a resume has no previous count and is skipped)."""
-    seconds = row.get("iteration_seconds", row.get("step_seconds"))
-    total = row.get("tokens")
-    step = row.get("iteration", row.get("step"))
-    previous = 0.0 if step == 1 else tracker._last_tokens
-    tracker._last_tokens = total
-    if not seconds or total is None or previous is None:
-        return {}
-    return {"tokens_per_second": (total - previous) / seconds}
 
 
 def make_tracker(destination: Destination, run_path: Path) -> Tracker | None:
