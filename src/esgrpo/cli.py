@@ -193,7 +193,8 @@ def cmd_theory(args: argparse.Namespace) -> None:
     from esgrpo.theory import commands
 
     if args.action == "predict":
-        _print_json(commands.predictions(args.alpha, args.N, args.T, args.d, args.r, args.fisher_trace))
+        _print_json(commands.predictions(args.alpha, args.N, args.T, args.d, args.r, args.fisher_trace,
+                                         args.grpo_lr, args.grpo_steps, args.grpo_schedule))
     elif args.action == "validate":
         _print_json(commands.validation(args.run_dir, args.alpha, args.N, direction=args.direction))
     else:
@@ -290,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.set_defaults(func=cmd_analyze)
 
     th = sub.add_parser("theory", help="The ES random-walk theory: predictions, validation on a run, toy landscape.",
-                        description="predict --alpha A --N N --T T --d D [--r R] [--fisher-trace F]: closed forms. "
+                        description="predict --alpha A --N N --T T --d D [--r R] [--fisher-trace F] "
+                        "[--grpo-lr L --grpo-steps S]: closed forms (with GRPO's settings: its AdamW random-walk "
+                        "norm and the ES/GRPO ratio). "
                         "validate RUN_DIR --alpha A --N N [--direction CKPT]: replay an ES run's walk from its log "
                         "against the predictions. toy: the quadratic landscape's four phenomena.")
     th.add_argument("action", choices=["predict", "validate", "toy"], help="What to do.")
@@ -301,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--d", type=int, default=None, help="predict: number of parameters.")
     th.add_argument("--r", type=int, default=None, help="predict: informative directions (signal cosine scale).")
     th.add_argument("--fisher-trace", type=float, default=None, help="predict: tr(F_B) for the off-task KL.")
+    th.add_argument("--grpo-lr", type=float, default=None, help="predict: GRPO's peak learning rate (with "
+                    "--grpo-steps: GRPO's AdamW random-walk norm and the ES/GRPO norm ratio).")
+    th.add_argument("--grpo-steps", type=int, default=None, help="predict: GRPO's steps.")
+    th.add_argument("--grpo-schedule", choices=["linear", "constant"], default="linear",
+                    help="predict: GRPO's learning-rate schedule.")
     th.add_argument("--direction", default=None, help="validate: a checkpoint whose update the walk is "
                     "projected on (its base is the run's base).")
     th.add_argument("--seed", type=int, default=0, help="toy: seed.")

@@ -9,8 +9,10 @@ from esgrpo.errors import EsgrpoError
 
 
 def predictions(alpha: float | None, N: int | None, T: int | None, d: int | None, r: int | None = None,
-                fisher_trace: float | None = None) -> dict[str, Any]:
-    """The closed forms for one (alpha, N, T, d)."""
+                fisher_trace: float | None = None, grpo_lr: float | None = None, grpo_steps: int | None = None,
+                grpo_schedule: str = "linear") -> dict[str, Any]:
+    """The closed forms for one (alpha, N, T, d); with GRPO's lr and steps also its AdamW random-walk norm and
+    the predicted ES/GRPO norm ratio (theory/adamw.py)."""
     from esgrpo.theory import predict
 
     if None in (alpha, N, T, d):
@@ -21,6 +23,11 @@ def predictions(alpha: float | None, N: int | None, T: int | None, d: int | None
                            "cosine_with_fixed_direction": predict.cosine_with_fixed_direction(d, r)}
     if fisher_trace is not None:
         out["offtask_kl"] = predict.offtask_kl(alpha, N, T, fisher_trace)
+    if grpo_lr is not None and grpo_steps is not None:
+        from esgrpo.theory.adamw import grpo_norm, schedule
+
+        out["grpo_norm"] = grpo_norm(schedule(grpo_lr, grpo_steps, grpo_schedule), d)
+        out["es_grpo_norm_ratio"] = out["es_norm"] / out["grpo_norm"]
     return out
 
 
