@@ -50,6 +50,7 @@ from esgrpo.train.budget import Budget
 from esgrpo.train.kl import kl_to_reference
 from esgrpo.train.noise import CHUNK, NOISE_VERSION, accumulate, chunks, derive_seed, warm_up
 from esgrpo.train.population import Batch, Member, PopulationEvaluator, SequentialEvaluator, es_scorer
+from esgrpo.train.precision import precision_audit
 
 __all__ = ["ESConfig", "apply_update", "draw_batch", "draw_members", "replay", "replay_run", "train_es", "zscore"]
 
@@ -102,8 +103,11 @@ def zscore(fitness: list[float]) -> list[float]:
 
 @torch.no_grad()
 def apply_update(params: list[tuple[str, Tensor]], members: list[Member], coefs: list[float],
-                 chunk: int = CHUNK) -> float:
+                 chunk: int = CHUNK, audit: dict[str, float] | None = None) -> float:
     """theta += sum_n coef_n * sign_n * eps_n, per element in float32, rounded once; returns ||delta||.
+
+    audit: filled with the precision audit of this update, the intended float32 update against the one
+    applied after rounding to the weights' dtype (`precision_audit`).
 
     The single place where weights change during ES: the trainer, the Ray workers and `replay` all call it
     with the same (members, coefs) in the same order, which is what makes replay bit-exact. It works chunk
@@ -112,19 +116,29 @@ def apply_update(params: list[tuple[str, Tensor]], members: list[Member], coefs:
     would change nothing but cost a noise draw).
     """
     active = [(m, c) for m, c in zip(members, coefs, strict=True) if c != 0.0]
-    if not active:
-        return 0.0
-    sq = 0.0
+    sums = dict.fromkeys(("applied", "intended", "dot", "changed", "numel"), 0.0)
     for name, p in params:
         flat = p.view(-1)
+        sums["numel"] += p.numel()
+        if not active:
+            continue
         for s, e in chunks(p.numel(), chunk):
-            acc = flat[s:e].to(torch.float32, copy=True)
+            old = flat[s:e].to(torch.float32, copy=True)
+            acc = old.clone()
             for (seed, sign), coef in active:
                 acc = accumulate(acc, s, seed, name, coef * sign)
             new = acc.to(p.dtype)
-            sq += float(torch.linalg.vector_norm(new.float() - flat[s:e].float())) ** 2
+            applied, intended = new.float() - old, acc - old
+            sums["applied"] += float(applied.double().pow(2).sum())
+            if audit is not None:
+                sums["intended"] += float(intended.double().pow(2).sum())
+                sums["dot"] += float((applied.double() * intended.double()).sum())
+                sums["changed"] += int((applied != 0).sum())
             flat[s:e] = new
-    return math.sqrt(sq)
+    if audit is not None:
+        audit.update(precision_audit(sums))
+    return math.sqrt(sums["applied"])
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,7 +192,8 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
             # 4. Update: theta += (alpha / N) * sum_n z_n * sign_n * eps_n; stop on a ruinous one.
             t_update = time.perf_counter()
             coefs = [cfg.alpha / len(members) * zn for zn in z]
-            update_norm = apply_update(params, members, coefs)
+            audit: dict[str, float] = {}
+            update_norm = apply_update(params, members, coefs, audit=audit)
             sync(policy.device)
             t_update = time.perf_counter() - t_update
             _check_update(update_norm, weight_norm, it, cfg, run)
@@ -192,7 +207,7 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
             row = {"iteration": it, **_stats(pop.fitness), "rollouts": budget.rollouts, "tokens": budget.tokens,
                    "seconds": budget.seconds, "iteration_seconds": time.perf_counter() - t0,
                    **{f"t_{k}": v for k, v in pop.seconds.items()}, "t_update": t_update,
-                   "reward_errors": pop.reward_errors, "update_norm": update_norm, **pop.extra}
+                   "reward_errors": pop.reward_errors, "update_norm": update_norm, **audit, **pop.extra}
             if cfg.kl_every and it % cfg.kl_every == 0:
                 t_kl = time.perf_counter()
                 row["kl"] = _measure_kl(policy, ref, cfg, it, prompt_ids)

@@ -61,6 +61,7 @@ from esgrpo.tasks.base import Example, Task, score_responses
 from esgrpo.train.budget import Budget
 from esgrpo.train.kl import k3
 from esgrpo.train.noise import derive_seed
+from esgrpo.train.precision import precision_audit
 
 STD_EPS = 1e-6
 
@@ -246,11 +247,13 @@ class _Optimizer:
                 for (m, _), v in zip(self._low(), saved, strict=True):
                     m.copy_(v)
 
-    def step(self) -> tuple[float, float, float]:
+    def step(self, audit: dict[str, float] | None = None) -> tuple[float, float, float]:
         """Clip the gradient, take one AdamW step, advance the schedule; (grad_norm, lr, update_norm).
 
-        Grads of skipped (all-zero) micro-batches are zeros, not missing: AdamW still advances its
-        moments and step count, as with an explicit zero gradient."""
+        update_norm is the change of the weights themselves; `audit` is filled with the precision audit
+        (the float32 master update against the change after rounding to the weights' dtype; the same
+        for float32 weights). Grads of skipped (all-zero) micro-batches are zeros, not missing: AdamW
+        still advances its moments and step count, as with an explicit zero gradient."""
         before = [m.detach().clone() for m in self.masters]
         for m, p in zip(self.masters, self.params, strict=True):
             g = p.grad if p.grad is not None else torch.zeros_like(p)
@@ -267,9 +270,19 @@ class _Optimizer:
         with torch.no_grad():
             for m, p in self._low():
                 p.copy_(m)
-            update_norm = math.sqrt(sum(float((m - b).float().pow(2).sum()) for m, b in zip(self.masters, before,
-                                                                                           strict=True)))
-        return grad_norm, lr, update_norm
+            sums = dict.fromkeys(("applied", "intended", "dot", "changed", "numel"), 0.0)
+            for m, p, b in zip(self.masters, self.params, before, strict=True):
+                intended = (m - b).double()
+                # the weights held round(master) before the step too, so their change is exact from b
+                applied = intended if m is p else p.double() - b.to(p.dtype).double()
+                sums["applied"] += float(applied.pow(2).sum())
+                sums["intended"] += float(intended.pow(2).sum())
+                sums["dot"] += float((applied * intended).sum())
+                sums["changed"] += int((applied != 0).sum())
+                sums["numel"] += p.numel()
+        if audit is not None:
+            audit.update(precision_audit(sums))
+        return grad_norm, lr, math.sqrt(sums["applied"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,7 +393,8 @@ def _train_step(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCo
     t_backward = time.perf_counter()
 
     # 6. Clip, step, schedule; stop before a non-finite update reaches the log or a checkpoint.
-    grad_norm, lr, update_norm = optim.step()
+    audit: dict[str, float] = {}
+    grad_norm, lr, update_norm = optim.step(audit)
     sync(device)
     t_end = time.perf_counter()
     if not (math.isfinite(update_norm) and math.isfinite(acc["loss"])):
@@ -397,7 +411,7 @@ def _train_step(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCo
         "reward_min": float(rewards.min()), "reward_max": float(rewards.max()),
         "frac_zero_adv": frac_zero_adv, "reward_errors": scores.errors,
         "loss": acc["loss"], "clip_frac": acc["clipped"] / acc["tokens"] if acc["tokens"] else 0.0,
-        "grad_norm": grad_norm, "update_norm": update_norm, "lr": lr, "kl": acc["kl"],
+        "grad_norm": grad_norm, "update_norm": update_norm, **audit, "lr": lr, "kl": acc["kl"],
         "response_len": gen.n_tokens / (P * K),
         "finished_frac": sum(gen.finished) / (P * K) if gen.finished else None,
         "rollouts": budget.rollouts, "tokens": budget.tokens, "seconds": budget.seconds,
