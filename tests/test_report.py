@@ -52,3 +52,16 @@ def test_report_page_displays_in_headless_chromium(tmp_path):
     assert img.size == (800, 600)
     lo, hi = img.getextrema()
     assert hi - lo > 100  # text and figure drawn, not a blank page
+
+
+def test_format_table_splits_each_gain_into_format_alone_and_the_rest():
+    from esgrpo.report.study import format_table
+
+    results = {"base_right_format": {"math": 0.5}, "base_accuracy_right_format": {"math": 0.4},
+               "base": {"math": 0.2},
+               "tasks": {"math": {"right_format": {"grpo": 0.9}, "accuracy_right_format": {"grpo": 0.5},
+                                  "accuracy": {"grpo": 0.45}}}}
+    header, rows = format_table(results)
+    assert header[-1] == "GRPO"
+    # accuracy 0.2 = 0.5 x 0.4 -> 0.45 = 0.9 x 0.5: format alone (0.9 - 0.5) x 0.4 = 16 of the 25 points
+    assert rows == [["math", "50.0 / 40.0", "- / -", "- / -", "90.0 / 50.0 (format +16.0 of +25.0)"]]

@@ -74,6 +74,8 @@ def train_es_cells(cfg: StudyConfig, task: str, root: Path) -> dict[str, Any]:
                          "es_long": es["eval"]["final"][task]["accuracy"]},
             "right_format": {"es_short": es["eval"]["es_short"][task].get("right_format"),
                              "es_long": es["eval"]["final"][task].get("right_format")},
+            "accuracy_right_format": {"es_short": es["eval"]["es_short"][task].get("accuracy_right_format"),
+                                      "es_long": es["eval"]["final"][task].get("accuracy_right_format")},
             "budgets": {"es_short": {**_budget_at(Path(es["run"]), short), **costs},
                         "es_long": {**long_budget, **costs}},
             "runs": {"es": es["run"]}}
@@ -95,7 +97,9 @@ def train_grpo_cell(cfg: StudyConfig, task: str, root: Path, es_short_rollouts: 
     budget = {"steps": gr["train"]["steps"], **{k: gr["train"][k] for k in ("rollouts", "tokens", "seconds")},
               **{k: gr["train"].get(k) for k in _COST_KEYS}}
     return {"accuracy": {"grpo": gr["eval"]["final"][task]["accuracy"]}, "budgets": {"grpo": budget},
-            "right_format": {"grpo": gr["eval"]["final"][task].get("right_format")}, "runs": {"grpo": gr["run"]}}
+            "right_format": {"grpo": gr["eval"]["final"][task].get("right_format")},
+            "accuracy_right_format": {"grpo": gr["eval"]["final"][task].get("accuracy_right_format")},
+            "runs": {"grpo": gr["run"]}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,7 +150,7 @@ def study_jobs(cfg: StudyConfig, root: Path, cells: dict[str, tuple[str, ...]], 
     def merge_task(task: str) -> Callable[[dict[str, Any]], None]:
         def merge(part: dict[str, Any]) -> None:
             t = results["tasks"].setdefault(task, {})
-            for k in ("accuracy", "budgets", "runs", "right_format"):
+            for k in ("accuracy", "budgets", "runs", "right_format", "accuracy_right_format"):
                 t[k] = {**t.get(k, {}), **part.get(k, {})}
         return merge
 
@@ -165,6 +169,8 @@ def study_jobs(cfg: StudyConfig, root: Path, cells: dict[str, tuple[str, ...]], 
             results.update({"model": cfg.model.name, "parameters": base["parameters"], "budget_mode": cfg.budget_mode,
                             "base": {t: r["accuracy"] for t, r in base["tasks"].items()},
                             "base_right_format": {t: r.get("right_format") for t, r in base["tasks"].items()},
+                            "base_accuracy_right_format": {t: r.get("accuracy_right_format")
+                                                           for t, r in base["tasks"].items()},
                             "constant_baseline": {t: r.get("constant_baseline") for t, r in base["tasks"].items()},
                             "n_test": {t: r["n"] for t, r in base["tasks"].items()}})
         jobs.append((Job("base eval", _base_eval, (cfg, root)), merge_base))

@@ -43,15 +43,32 @@ def table1(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def format_only_gain(rf_base: float, acc_rf_base: float, rf: float) -> float:
+    """The part of a gain that answer format alone explains: the newly well-formatted answers scored as the base
+    model's well-formatted answers did, (rf - rf_base) x acc_rf_base (accuracy = rf x accuracy among them)."""
+    return (rf - rf_base) * acc_rf_base
+
+
 def format_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
-    """Share of test responses in the required answer format (%), per task and model (None if not recorded)."""
+    """Per task and model: right-format rate, accuracy among right-format answers (%), and for each method the
+    part of its gain that format alone explains (None if not recorded)."""
     base = results.get("base_right_format")
     if not base:
         return None
+    base_acc_rf = results.get("base_accuracy_right_format") or {}
     rows = []
     for task, b in base.items():
-        rf = results["tasks"].get(task, {}).get("right_format", {})
-        rows.append([task, _pct(b), *[_pct(rf.get(m)) for m in ("es_short", "es_long", "grpo")]])
+        t = results["tasks"].get(task, {})
+        rf, acc_rf, acc = t.get("right_format", {}), t.get("accuracy_right_format", {}), t.get("accuracy", {})
+        cells = [task, f"{_pct(b)} / {_pct(base_acc_rf.get(task))}"]
+        for m in ("es_short", "es_long", "grpo"):
+            cell = f"{_pct(rf.get(m))} / {_pct(acc_rf.get(m))}"
+            base_acc = results.get("base", {}).get(task)
+            if None not in (rf.get(m), b, base_acc_rf.get(task), acc.get(m), base_acc):
+                part = format_only_gain(b, base_acc_rf[task], rf[m])
+                cell += f" (format {100 * part:+.1f} of {100 * (acc[m] - base_acc):+.1f})"
+            cells.append(cell)
+        rows.append(cells)
     es = results.get("es_config", {})
     short = es.get("iterations", "?")
     long_ = short * results.get("es_long_factor", 3) if isinstance(short, int) else "?"
@@ -150,8 +167,11 @@ def study_document(root: Path, results: dict[str, Any], cfg: Any) -> Document:
              "split (e.g. always \"yes\"), the bar a model that ignores the question clears; countdown has none.")
     fmt = format_table(results)
     if fmt is not None:
-        doc.para("Right-format rate (%): the share of test responses that give an answer in the required format "
-                 "(a parseable \\boxed{} or answer letter), right or wrong. Much of a gain can be format alone.")
+        doc.para("Right-format rate / accuracy among right-format answers (%): the share of test responses that "
+                 "give an answer in the required format (a parseable \\boxed{} or answer letter), right or wrong, "
+                 "and how many of those are right. Accuracy = the product. In brackets: the part of the method's "
+                 "gain that format alone explains, (rate - base rate) x the base's accuracy among right-format "
+                 "answers, of the whole gain (points); the rest comes from answering right more often.")
         doc.table(*fmt)
     doc.para(f"ES: N={cfg.es.population}, sigma={cfg.es.sigma}, alpha={cfg.es.alpha}, "
              f"batch={cfg.es.batch_size or 'all'}, decoding={cfg.es.decoding}, antithetic={cfg.es.antithetic}. "
