@@ -50,6 +50,8 @@ def test_study_end_to_end_and_rerun_reuses_runs(tmp_path, cache_dir, capsys):
     root = tmp_path / "study"
     md = (root / "report.md").read_text()
     assert "| math |" in md and "| boolq |" in md and "ES(2)" in md and "ES(4)" in md
+    assert "Norms predicted before training" in md  # the ES and GRPO norms predicted from the settings
+    assert "(format " in md  # each gain split into what format alone explains and the rest
     html = (root / "report.html").read_text()
     for section in ["Accuracy (Table 1)", "Budgets", *GEOMETRY_SECTIONS]:  # the report renders every section
         assert f"## {section}" in md and f">{section}</h2>" in html

@@ -229,7 +229,8 @@ def write_study_report(root: Path, results: dict[str, Any], cfg: Any) -> str:
         from esgrpo.report.theory import toy_summary
 
         figs = root / "figures"
-        add_theory_section(doc, json.loads((root / "analysis.json").read_text()), figs, toy=toy_summary(figs))
+        add_theory_section(doc, json.loads((root / "analysis.json").read_text()), figs, toy=toy_summary(figs),
+                           grpo=getattr(cfg, "grpo", None))
     seq = root / "sequence" / "sequence.json"
     if seq.exists():
         add_sequential_section(doc, json.loads(seq.read_text()), root / "figures")

@@ -10,7 +10,9 @@ from esgrpo.report.document import Document
 from esgrpo.report.geometry import _f, _pct, _plt, save_figure
 
 
-def add_theory_section(doc: Document, a: dict[str, Any], figs: Path, toy: dict[str, Any] | None = None) -> None:
+def add_theory_section(doc: Document, a: dict[str, Any], figs: Path, toy: dict[str, Any] | None = None,
+                       grpo: Any = None) -> None:
+    """grpo: the study's GRPOConfig (lr, steps, schedule), for GRPO's predicted norm."""
     th = a.get("theory", {})
     walks = th.get("walks", {})
     if not walks and toy is None:
@@ -36,6 +38,14 @@ def add_theory_section(doc: Document, a: dict[str, Any], figs: Path, toy: dict[s
         doc.table(["task", "T", "measured ||dES||", "alpha sqrt(dT/N)", "measured / predicted", "conditioned",
                    "R^2 of ||d||^2 vs t", "random-walk matrices", "zero-update iterations", "cos(walk, dGRPO)",
                    "decomposition error"], rows)
+        norm_rows = _norm_rows(a, walks, grpo)
+        if norm_rows:
+            doc.para("Norms predicted before training, from the settings alone: ES alpha sqrt(d T / N); GRPO the "
+                     "AdamW random walk (every coordinate moves about lr per step whatever its gradient's scale; "
+                     "theory/adamw.py, the run's learning-rate schedule), so the ES/GRPO ratio is fixed by alpha, "
+                     "N, T against lr and the steps. Measured: ||theta - theta_base|| of the final checkpoints.")
+            doc.table(["task", "ES short: predicted / measured", "ES long: predicted / measured",
+                       "GRPO: predicted / measured", "ES long / GRPO: predicted / measured"], norm_rows)
         kl_rows = _kl_rows(a, th)
         if kl_rows:
             doc.para("Off-task KL: predicted 1/2 (sum of squared ES coefficients) tr(F_B), with tr(F_B) the base "
@@ -46,6 +56,28 @@ def add_theory_section(doc: Document, a: dict[str, Any], figs: Path, toy: dict[s
         _walk_figures(doc, walks, figs)
     if toy is not None:
         _toy_part(doc, toy, figs)
+
+
+def _norm_rows(a: dict[str, Any], walks: dict[str, Any], grpo: Any) -> list[list[str]]:
+    from esgrpo.theory.adamw import grpo_norm, schedule
+    from esgrpo.theory.predict import es_norm
+
+    if grpo is None or not grpo.steps:
+        return []
+    rows = []
+    short = a.get("es_short_iterations")
+    for t, w in walks.items():
+        norms = a.get("weights", {}).get(t, {}).get("norms", {})
+        measured = {m: norms[m]["total"]["abs"] for m in ("es_short", "es_long", "grpo") if m in norms}
+        if "grpo" not in measured or "es_long" not in measured:
+            continue
+        es_long = es_norm(w["alpha"], w["population"], w["iterations"], w["d"])
+        es_short = es_norm(w["alpha"], w["population"], short, w["d"]) if short else None
+        g = grpo_norm(schedule(grpo.lr, grpo.steps, grpo.lr_schedule, grpo.warmup_steps, grpo.schedule_steps), w["d"])
+        rows.append([t, f"{_f(es_short, '.3g')} / {_f(measured.get('es_short'), '.3g')}",
+                     f"{es_long:.3g} / {measured['es_long']:.3g}", f"{g:.3g} / {measured['grpo']:.3g}",
+                     f"{es_long / g:.3g} / {measured['es_long'] / measured['grpo']:.3g}"])
+    return rows
 
 
 def _kl_rows(a: dict[str, Any], th: dict[str, Any]) -> list[list[str]]:
