@@ -65,3 +65,20 @@ def test_format_table_splits_each_gain_into_format_alone_and_the_rest():
     assert header[-1] == "GRPO"
     # accuracy 0.2 = 0.5 x 0.4 -> 0.45 = 0.9 x 0.5: format alone (0.9 - 0.5) x 0.4 = 16 of the 25 points
     assert rows == [["math", "50.0 / 40.0", "- / -", "- / -", "90.0 / 50.0 (format +16.0 of +25.0)"]]
+
+
+def test_precision_table_summarizes_each_runs_audit(tmp_path):
+    import json
+
+    from esgrpo.report.study import precision_table
+
+    es = tmp_path / "es"
+    es.mkdir()
+    rows = [{"iteration": 1, "changed_frac": 0.5, "update_cosine": 0.9, "update_norm_ratio": 1.0},
+            {"iteration": 2, "changed_frac": 0.25, "update_cosine": 0.7, "update_norm_ratio": 1.5}]
+    (es / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = {"tasks": {"math": {"runs": {"es": str(es), "grpo": str(tmp_path / "missing")}}}}
+    header, table = precision_table(results)
+    assert header[2] == "updates"
+    assert table == [["math", "ES", "2", "37.5", "0.7000", "0.8000", "1.2500"]]
+    assert precision_table({"tasks": {"math": {"runs": {}}}}) is None  # runs without an audit: no table

@@ -52,6 +52,7 @@ def test_study_end_to_end_and_rerun_reuses_runs(tmp_path, cache_dir, capsys):
     assert "| math |" in md and "| boolq |" in md and "ES(2)" in md and "ES(4)" in md
     assert "Norms predicted before training" in md  # the ES and GRPO norms predicted from the settings
     assert "(format " in md  # each gain split into what format alone explains and the rest
+    assert "Precision audit" in md and "| math | GRPO | 2 | 100.0 |" in md  # fp32 weights: every weight moves
     html = (root / "report.html").read_text()
     for section in ["Accuracy (Table 1)", "Budgets", *GEOMETRY_SECTIONS]:  # the report renders every section
         assert f"## {section}" in md and f">{section}</h2>" in html

@@ -75,6 +75,27 @@ def format_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
     return ["task", "base", f"ES({short})", f"ES({long_})", "GRPO"], rows
 
 
+def precision_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """Per task and trainer, the precision audit of its updates over the run (metrics.jsonl): mean share of
+    weights changed, smallest and mean cosine, mean norm ratio (None when no run logged it)."""
+    rows = []
+    for task, r in results["tasks"].items():
+        for key, label in (("es", "ES"), ("grpo", "GRPO")):
+            path = r.get("runs", {}).get(key)
+            audit = [m for m in read_jsonl(Path(path) / "metrics.jsonl") if "changed_frac" in m] if path else []
+            if not audit:
+                continue
+            n = len(audit)
+            rows.append([task, label, str(n), f"{100 * sum(m['changed_frac'] for m in audit) / n:.1f}",
+                         f"{min(m['update_cosine'] for m in audit):.4f}",
+                         f"{sum(m['update_cosine'] for m in audit) / n:.4f}",
+                         f"{sum(m['update_norm_ratio'] for m in audit) / n:.4f}"])
+    if not rows:
+        return None
+    return ["task", "method", "updates", "weights changed (%, mean)", "cosine (min)", "cosine (mean)",
+            "norm ratio (mean)"], rows
+
+
 def budget_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["task", "method", "iterations/steps", "rollouts", "generated tokens", "train seconds",
               "peak added by training (MiB)", "process peak (MiB)", "measurement seconds", "measurement memory (MiB)"]
@@ -191,6 +212,12 @@ def study_document(root: Path, results: dict[str, Any], cfg: Any) -> Document:
              "long's.")
     if results["tasks"]:
         doc.table(*budget_table(results))
+    prec = precision_table(results)
+    if prec is not None:
+        doc.para("Precision audit: each update is computed in float32 and rounded once into the weights' dtype; "
+                 "over a run's iterations / steps, the share of weights an update changed at all, and the cosine "
+                 "and norm ratio of the applied update to the float32 one (1 / 1 for float32 weights).")
+        doc.table(*prec)
     doc.figure(figs / "learning_curves.png", "Training reward against rollouts (log scale): ES's mean member "
                "fitness and GRPO's mean sampled reward per step, on the training prompts; the dotted line is "
                "the base model's test accuracy.")
