@@ -67,10 +67,10 @@ def test_grpo_step_audit_compares_the_float32_masters_with_the_bf16_weights(micr
     _, _, norm = optim.step(audit)
     intended = torch.cat([(m - b).double().flatten() for m, b in zip(optim.masters, masters_before, strict=True)])
     applied = torch.cat([(p.double() - b.double()).flatten() for p, b in zip(optim.params, before, strict=True)])
-    assert audit["intended_norm"] == pytest.approx(float(intended.norm()), rel=1e-9)
-    assert norm == pytest.approx(float(applied.norm()), rel=1e-9)
+    assert audit["intended_norm"] == pytest.approx(float(intended.norm()), rel=1e-6)  # float32 sums
+    assert norm == pytest.approx(float(applied.norm()), rel=1e-6)  # float32 sums
     assert audit["update_cosine"] == pytest.approx(float(intended @ applied / (intended.norm() * applied.norm())),
-                                                   rel=1e-9)
+                                                   rel=1e-6)  # float32 sums
     assert audit["changed_frac"] == pytest.approx(float((applied != 0).double().mean()))
     assert audit["changed_frac"] < 0.5  # an AdamW step of lr 1e-5 is below bf16's spacing for most weights
     assert math.isfinite(audit["update_norm_ratio"])

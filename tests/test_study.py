@@ -123,3 +123,13 @@ def test_matched_budget_gives_grpo_the_es_short_rollouts(tmp_path, cache_dir):
     assert b["grpo"]["rollouts"] == b["es_short"]["rollouts"] == 48
     assert "matched" in (tmp_path / "m" / "report.md").read_text()
     assert not (tmp_path / "m" / "analysis.json").exists()
+
+
+def test_a_study_config_built_in_python_is_validated_before_anything_is_written(tmp_path, cache_dir):
+    from esgrpo.errors import ConfigError
+
+    cfg = small_study(tmp_path / "study", cache_dir)
+    bad = dataclasses.replace(cfg, analysis=dataclasses.replace(cfg.analysis, probe_points=1))
+    with pytest.raises(ConfigError, match=r"analysis\.probe_points"):
+        run_study(bad)
+    assert not (tmp_path / "study").exists()

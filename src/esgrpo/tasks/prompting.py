@@ -49,7 +49,7 @@ class PromptedTask(Task):
         return msgs + [{"role": "user", "content": self._question(example)}]
 
     def prompt_ids(self, policy: Any, examples: Sequence[Example]) -> list[list[int]]:
-        ids = self.task.__class__.prompt_ids(self, policy, examples)
+        ids = Task.prompt_ids(self, policy, examples)  # this task's messages (shots, format line) templated
         if not self.cfg.prefill:
             return ids
         prefill = policy.tokenizer.encode(self.cfg.prefill, add_special_tokens=False)

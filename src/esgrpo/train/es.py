@@ -124,21 +124,26 @@ def apply_update(params: list[tuple[str, Tensor]], members: list[Member], coefs:
             continue
         for s, e in chunks(p.numel(), chunk):
             old = flat[s:e].to(torch.float32, copy=True)
-            acc = old.clone()
+            acc = old  # accumulate returns a new tensor; `old` stays the weights before the update
             for (seed, sign), coef in active:
                 acc = accumulate(acc, s, seed, name, coef * sign)
-            new = acc.to(p.dtype)
-            applied, intended = new.float() - old, acc - old
-            sums["applied"] += float(applied.double().pow(2).sum())
+            new = acc.to(p.dtype)  # float32 weights: `acc` itself, nothing is rounded
+            applied = new.float() - old
+            sq = float(torch.linalg.vector_norm(applied)) ** 2
+            sums["applied"] += sq
             if audit is not None:
-                sums["intended"] += float(intended.double().pow(2).sum())
-                sums["dot"] += float((applied.double() * intended.double()).sum())
-                sums["changed"] += int((applied != 0).sum())
+                if new is acc:  # the applied update is the intended one
+                    sums["intended"] += sq
+                    sums["dot"] += sq
+                else:
+                    intended = acc - old
+                    sums["intended"] += float(torch.linalg.vector_norm(intended)) ** 2
+                    sums["dot"] += float((applied * intended).sum(dtype=torch.float64))
+                sums["changed"] += int(torch.count_nonzero(applied))
             flat[s:e] = new
     if audit is not None:
         audit.update(precision_audit(sums))
     return math.sqrt(sums["applied"])
-
 
 
 # ----------------------------------------------------------------------------------------------

@@ -272,13 +272,18 @@ class _Optimizer:
                 p.copy_(m)
             sums = dict.fromkeys(("applied", "intended", "dot", "changed", "numel"), 0.0)
             for m, p, b in zip(self.masters, self.params, before, strict=True):
-                intended = (m - b).double()
-                # the weights held round(master) before the step too, so their change is exact from b
-                applied = intended if m is p else p.double() - b.to(p.dtype).double()
-                sums["applied"] += float(applied.pow(2).sum())
-                sums["intended"] += float(intended.pow(2).sum())
-                sums["dot"] += float((applied * intended).sum())
-                sums["changed"] += int((applied != 0).sum())
+                intended = m - b
+                sq = float(torch.linalg.vector_norm(intended)) ** 2
+                sums["intended"] += sq
+                if m is p:  # float32 weights: the applied update is the intended one
+                    applied = intended
+                    sums["applied"] += sq
+                    sums["dot"] += sq
+                else:  # the weights held round(master) before the step too, so their change is exact from b
+                    applied = p.float() - b.to(p.dtype).float()
+                    sums["applied"] += float(torch.linalg.vector_norm(applied)) ** 2
+                    sums["dot"] += float((applied * intended).sum(dtype=torch.float64))
+                sums["changed"] += int(torch.count_nonzero(applied))
                 sums["numel"] += p.numel()
         if audit is not None:
             audit.update(precision_audit(sums))
