@@ -23,9 +23,10 @@ from esgrpo.tasks.base import Example, Task, score_responses
 
 
 def evaluate_task(policy: Policy, task: str | Task, examples: list[Example], gen: GenerationConfig,
-                  n_show: int = 0, seed: int = 0, label: str = "") -> dict[str, Any]:
+                  n_show: int = 0, seed: int = 0, label: str = "", per_example: bool = False) -> dict[str, Any]:
     """Accuracy, response length, answer statistics and a few samples for one task (a name or a Task, e.g.
-    one prompted by tasks.prompting.make_task)."""
+    one prompted by tasks.prompting.make_task). per_example: also "rewards", each example's reward in order
+    (for intervals over examples)."""
     task = get_task(task) if isinstance(task, str) else task
     task_name = task.name
     prompts = task.prompt_ids(policy, examples)
@@ -63,6 +64,7 @@ def evaluate_task(policy: Policy, task: str | Task, examples: list[Example], gen
         **answer_statistics(task, examples, given, rewards),
         "seconds": time.time() - t0,
         "samples": samples,
+        **({"rewards": rewards} if per_example else {}),
     }
 
 

@@ -183,6 +183,10 @@ def study_jobs(cfg: StudyConfig, root: Path, cells: dict[str, tuple[str, ...]], 
 def run_study(cfg: StudyConfig, only: list[str] | None = None) -> dict[str, Any]:
     """Base eval + training on every task + analyses + sequence + report; resumable. `only`: just these
     TASK:METHOD cells (no analyses, sequence or report unless every cell is then done)."""
+    if cfg.seeds:  # one study per seed, then the statistics over seeds (seeds.py)
+        from esgrpo.seeds import run_seeds
+
+        return run_seeds(cfg, only)
     # 1. Checks before anything is written: the settings (also when built in Python), the study directory's
     #    identity and the data.
     validate(cfg)
@@ -267,6 +271,13 @@ def _cells_table(results: dict[str, Any], cells: dict[str, tuple[str, ...]]) -> 
 # A finished study's directory: analyses and report again
 
 
+def _is_seeds_study(root: Path) -> bool:
+    try:
+        return bool(RunDir(root).saved_config(StudyConfig).seeds)
+    except Exception:
+        return False
+
+
 def open_study(path: str | Path) -> tuple[StudyConfig, dict[str, Any]]:
     """The config and results of a study directory, or one clear error saying what the directory is."""
     run = RunDir(path)
@@ -309,8 +320,13 @@ def write_report(path: str | Path, screenshot: bool = False) -> list[Path]:
     """`esgrpo report DIR`: report.html and report.md from the study's records (+ a Chromium screenshot)."""
     from esgrpo.report.study import write_study_report
 
-    cfg, results = open_study(path)
     root = Path(path)
+    if _is_seeds_study(root):
+        from esgrpo.report.seeds import write_seeds_report
+
+        write_seeds_report(root)
+        return [root / "report.html"]
+    cfg, results = open_study(path)
     write_study_report(root, results, cfg)
     out = [root / "report.html"]
     if screenshot:

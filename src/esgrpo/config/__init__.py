@@ -32,6 +32,7 @@ from esgrpo.config.schema import (
     GenerationConfig,
     GRPOConfig,
     ModelConfig,
+    NullsConfig,
     PromptConfig,
     RayConfig,
     SequenceConfig,
@@ -47,8 +48,8 @@ from esgrpo.config.schema import (
 __all__ = [
     "COMMAND_CONFIGS", "METHODS", "NON_NEGATIVE", "POSITIVE", "PROBABILITY", "TASK_NAMES", "AnalysisConfig",
     "BuildConfig", "DataConfig", "ESConfig", "EvalConfig", "F", "GRPOConfig", "GenerationConfig", "ModelConfig",
-    "PromptConfig", "RayConfig", "SequenceConfig", "SequentialSettings", "SetupConfig", "StudyConfig", "TaskName",
-    "TinyModelConfig", "TrainConfig", "config_fields", "dump_yaml", "field_help", "from_dict", "identity",
+    "NullsConfig", "PromptConfig", "RayConfig", "SequenceConfig", "SequentialSettings", "SetupConfig", "StudyConfig",
+    "TaskName", "TinyModelConfig", "TrainConfig", "config_fields", "dump_yaml", "field_help", "from_dict", "identity",
     "identity_changes", "is_task", "leaf_types", "load_config", "merge", "parse_overrides", "read_yaml", "sub",
     "to_dict", "validate",
 ]

@@ -290,6 +290,17 @@ class AnalysisConfig:
 
 
 @dataclass
+class NullsConfig:
+    """Across seeds (study.seeds): the null baselines between seeds' checkpoints of the same task."""
+
+    n_examples: int = F(500, "Test examples per task for the interpolation barriers between seeds (ES-vs-ES, "
+                             "GRPO-vs-GRPO, ES-vs-GRPO); the first n of the study's test split.", POSITIVE)
+    alphas: int = F(5, "Points of each barrier path, evenly spaced from 0 to 1.", (lambda v: v >= 3, ">= 3"))
+    resamples: int = F(1000, "Bootstrap resamples of the test examples for a barrier's interval.", POSITIVE)
+    seed: int = F(0, "Seed of the bootstrap.")
+
+
+@dataclass
 class SequentialSettings:
     """The sequential (continual-learning) part: task order, methods, per-stage measurements."""
 
@@ -401,6 +412,12 @@ class StudyConfig(SetupConfig):
         default_factory=lambda: PromptConfig(format_line=True, shots=2, stop=True),
         metadata={"help": "Prompts for the extra models (real chat models): by default a format line, two worked "
                           "examples and the stop rule (see the prompt section)."})
+    seeds: list[int] = F([], "Run the whole study once per seed (es.seed = grpo.seed = the seed; model, data and "
+                         "analysis seeds stay fixed), each in <out>/seed-<s>/, then report means and 95% intervals "
+                         "over seeds and the between-seed nulls. Empty: one study with es.seed and grpo.seed.",
+                         (lambda v: len(set(v)) == len(v) and all(isinstance(x, int) and x >= 0 for x in v),
+                          "distinct non-negative integers"))
+    nulls: NullsConfig = sub(NullsConfig, control=True)
     out: str = F("runs/study", "Study directory (report.html, report.md, results.json, analysis.json, figures/, "
                  "runs/).", control=True)
     analysis: AnalysisConfig = sub(AnalysisConfig)

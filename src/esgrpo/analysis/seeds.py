@@ -1,0 +1,308 @@
+"""Across seeds: the null baselines between seeds' checkpoints, and every study number's mean and interval.
+
+A study with `seeds: [s1, s2, ...]` holds one complete study per seed (`<out>/seed-<s>/`). This module
+reads only those studies' records and checkpoints:
+
+1. `between_seeds`: per task, the cosine of the updates ES-vs-ES and GRPO-vs-GRPO (two seeds, same task)
+   beside ES-vs-GRPO (same seed and other seeds) and the random-direction scale 1/sqrt(d); and the
+   interpolation barrier along ES_a -> ES_b, GRPO_a -> GRPO_b (every pair of seeds) and ES_s -> GRPO_s
+   (every seed), greedy accuracy on `nulls.n_examples` test examples, each with a paired bootstrap interval
+   over those examples. Stored in `<out>/seeds.json` piece by piece (an interrupted run resumes).
+2. `aggregate`: Table 1, the geometry numbers and the sequential metrics of every seed, each as a mean
+   with its Student-t 95% interval over seeds (analysis/stats.py).
+3. `findings`: the paper's claims, each decided from the intervals: yes (the interval excludes the null
+   in the claimed direction), no (it excludes it the other way) or undecided.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from esgrpo.analysis import weights
+from esgrpo.analysis.connectivity import barrier, interpolate
+from esgrpo.analysis.stats import bootstrap_interval, excludes, mean_interval
+from esgrpo.config import METHODS, GenerationConfig, StudyConfig
+from esgrpo.evaluate import evaluate_task
+from esgrpo.runs import JsonRecord, read_json
+
+PATH_KINDS = ("es_long|es_long", "grpo|grpo", "es_long|grpo")  # between seeds, between seeds, same seed
+
+
+def _say(msg: str) -> None:
+    print(f"[seeds] {msg}", file=sys.stderr, flush=True)
+
+
+def seed_checkpoints(study_dir: Path, es_short_iterations: int) -> dict[str, dict[str, Path]]:
+    """{task: {method: checkpoint dir}} of one seed's study (from its results.json)."""
+    from esgrpo.analysis.study import method_checkpoints
+
+    results = read_json(study_dir / "results.json")
+    return {t: method_checkpoints(r, es_short_iterations) for t, r in results["tasks"].items() if "runs" in r}
+
+
+def pairs(seeds: list[int]) -> list[tuple[int, int]]:
+    return list(itertools.combinations(seeds, 2))
+
+
+def path_list(seeds: list[int]) -> list[tuple[str, tuple[int, str], tuple[int, str]]]:
+    """(kind, (seed, method) at alpha 0, (seed, method) at alpha 1) of every null and ES-vs-GRPO path."""
+    out = [(f"{m}|{m}", (a, m), (b, m)) for m in ("es_long", "grpo") for a, b in pairs(seeds)]
+    return out + [("es_long|grpo", (s, "es_long"), (s, "grpo")) for s in seeds]
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Between seeds
+
+
+def between_seeds(root: Path, cfg: StudyConfig, dirs: dict[int, Path]) -> dict[str, Any]:
+    """Cosines and barriers between the seeds' checkpoints (see the module docstring); `<root>/seeds.json`."""
+    from esgrpo.checkpoints import base_checkpoint
+    from esgrpo.models import load_policy, resolve_model_path
+    from esgrpo.tasks import load_task_examples
+    from esgrpo.tasks.prompting import make_task
+
+    seeds = list(dirs)
+    store = JsonRecord(root / "seeds.json", header={**asdict(cfg.nulls), "seeds": seeds},
+                       what="nulls settings or seeds")
+    ckpts = {s: seed_checkpoints(d, cfg.es.iterations) for s, d in dirs.items()}
+    tasks = [t for t in cfg.data.tasks if all(t in ckpts[s] for s in seeds)]
+    base = base_checkpoint(resolve_model_path(cfg.model, cfg.tiny))
+    t0 = time.time()
+
+    # 1a. Cosines (streamed from the checkpoints; cheap).
+    for t in tasks:
+        if store.has("cosine", t):
+            continue
+        _say(f"cosines between seeds: {t}")
+        cos: dict[str, Any] = {}
+        for m in METHODS:
+            cos[f"{m}|{m}"] = {f"{a}|{b}": weights.cosine(base, ckpts[a][t][m], ckpts[b][t][m])["cosine"]
+                               for a, b in pairs(seeds)}
+        cos["es_long|grpo"] = {f"{s}|{s}": weights.cosine(base, ckpts[s][t]["es_long"], ckpts[s][t]["grpo"])["cosine"]
+                               for s in seeds}
+        cos["es_long|grpo (other seeds)"] = {
+            f"{a}|{b}": weights.cosine(base, ckpts[a][t]["es_long"], ckpts[b][t]["grpo"])["cosine"]
+            for a, b in itertools.permutations(seeds, 2)}
+        c = weights.cosine(base, ckpts[seeds[0]][t]["es_long"], ckpts[seeds[0]][t]["grpo"])
+        cos["random_baseline"], cos["inv_sqrt_d"], cos["d"] = c["random_baseline"], c["inv_sqrt_d"], c["d"]
+        store.put(cos, "cosine", t)
+
+    # 1b. Barriers: greedy per-example rewards at every point; the end points are evaluated once per checkpoint.
+    policy = load_policy(cfg.model, cfg.tiny)
+    gen = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, batch_size=cfg.generation.batch_size)
+    test = load_task_examples(cfg.data, "test", cfg.data.n_test)
+    alphas = [i / (cfg.nulls.alphas - 1) for i in range(cfg.nulls.alphas)]
+    for t in tasks:
+        examples = test[t][:cfg.nulls.n_examples]
+        task = make_task(t, cfg.prompt, cfg.data)
+
+        def rewards(p: Any, task: Any = task, examples: list = examples) -> dict[str, Any]:
+            return {"rewards": evaluate_task(p, task, examples, gen, per_example=True, label=f"null {task.name}")
+                    ["rewards"]}
+
+        for kind, (sa, ma), (sb, mb) in path_list(seeds):
+            key = f"{ma}@{sa}->{mb}@{sb}"
+            if store.has("barriers", t, key):
+                continue
+            _say(f"barrier {key} on {t} ({len(examples)} examples, {len(alphas)} points)")
+            ends = []
+            for s, m in ((sa, ma), (sb, mb)):
+                if not store.has("endpoints", t, f"{m}@{s}"):
+                    ck = ckpts[s][t][m]
+                    store.put(interpolate(policy, ck, ck, [0.0], rewards)[0]["metrics"]["rewards"], "endpoints", t,
+                              f"{m}@{s}")
+                ends.append(store.at("endpoints", t, f"{m}@{s}"))
+            inner = interpolate(policy, ckpts[sa][t][ma], ckpts[sb][t][mb], alphas[1:-1], rewards)
+            per_point = [ends[0], *[p["metrics"]["rewards"] for p in inner], ends[1]]
+            iv = bootstrap_interval(per_point, lambda acc: barrier(acc, alphas), cfg.nulls.resamples, cfg.nulls.seed)
+            store.put({"kind": kind, "alphas": alphas, "accuracy": [sum(r) / len(r) for r in per_point],
+                       "barrier": iv}, "barriers", t, key)
+    store.put(time.time() - t0 + store.data.get("seconds", 0.0), "seconds")
+    return store.data
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Aggregate over seeds
+
+
+def _get(d: Any, *keys: Any) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _off_task_kl(kl: dict[str, Any] | None, trained: str) -> float | None:
+    if not kl:
+        return None
+    vals = [v["kl"] for t, v in kl.items() if t != trained and isinstance(v, dict) and "kl" in v]
+    return sum(vals) / len(vals) if vals else None
+
+
+def per_seed_numbers(study_dir: Path) -> dict[str, dict[str, float | None]]:
+    """The numbers one seed's study contributes, flat: {"table1": {"math/es_long": 0.31, ...}, "geometry":
+    {...}, "sequence": {...}} (None where that part was not run)."""
+    res = read_json(study_dir / "results.json")
+    t1: dict[str, float | None] = {}
+    for task, base in res.get("base", {}).items():
+        acc = _get(res, "tasks", task, "accuracy") or {}
+        t1[f"{task}/base"] = base
+        for m in METHODS:
+            t1[f"{task}/{m}"] = acc.get(m)
+            t1[f"{task}/gain {m}"] = acc[m] - base if m in acc else None
+        if "es_short" in acc and "grpo" in acc:
+            t1[f"{task}/es_short - grpo"] = acc["es_short"] - acc["grpo"]
+    geo: dict[str, float | None] = {}
+    a_path = study_dir / "analysis.json"
+    a = read_json(a_path) if a_path.exists() else {}
+    for task in a.get("weights", {}):
+        w = a["weights"][task]
+        ne, ng = _get(w, "norms", "es_long", "total", "abs"), _get(w, "norms", "grpo", "total", "abs")
+        geo[f"{task}/norm es_long"], geo[f"{task}/norm grpo"] = ne, ng
+        geo[f"{task}/norm ratio es_long/grpo"] = ne / ng if ne and ng else None
+        geo[f"{task}/cosine es_long|grpo"] = _get(w, "cosine", "es_long|grpo", "cosine")
+        for m in ("es_long", "grpo"):
+            kl = _get(a, "kl", task, m)
+            geo[f"{task}/on-task KL {m}"] = _get(kl, task, "kl")
+            geo[f"{task}/off-task KL {m}"] = _off_task_kl(kl, task)
+            nll, nll0 = _get(a, "capability", task, m, "nll"), _get(a, "capability", "base", "nll")
+            geo[f"{task}/held-out NLL change {m}"] = nll - nll0 if nll is not None and nll0 is not None else None
+        geo[f"{task}/barrier es_long->grpo"] = _get(a, "interpolation", task, "es_long->grpo", "barriers",
+                                                     "mean_accuracy")
+        ko, kg = geo[f"{task}/off-task KL es_long"], geo[f"{task}/off-task KL grpo"]
+        geo[f"{task}/off-task KL es_long - grpo"] = ko - kg if ko is not None and kg is not None else None
+    seq: dict[str, float | None] = {}
+    s_path = study_dir / "sequence" / "sequence.json"
+    if s_path.exists():
+        s = read_json(s_path)
+        for m, v in s.get("methods", {}).items():
+            met = v.get("metrics", {})
+            for k in ("average_accuracy", "bwt", "mean_forgetting"):
+                seq[f"{m}/{k}"] = met.get(k)
+            for k in ("diagonal", "off_diagonal"):
+                seq[f"{m}/KL {k}"] = _get(v, "kl_split", k)
+        if "es_long" in s.get("methods", {}) and "grpo" in s.get("methods", {}):
+            fe, fg = seq.get("es_long/mean_forgetting"), seq.get("grpo/mean_forgetting")
+            seq["mean_forgetting es_long - grpo"] = fe - fg if fe is not None and fg is not None else None
+    return {"table1": t1, "geometry": geo, "sequence": seq}
+
+
+def aggregate(dirs: dict[int, Path], nulls: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every per-seed number as {"mean", "lo", "hi", "sd", "n", "values"} over seeds, per part; with the
+    between-seed nulls summarised per task (cosines and barriers: mean and interval over the pairs)."""
+    per = {s: per_seed_numbers(d) for s, d in dirs.items()}
+    out: dict[str, Any] = {"seeds": list(dirs)}
+    for part in ("table1", "geometry", "sequence"):
+        keys = list(dict.fromkeys(k for s in per for k in per[s][part]))
+        out[part] = {k: mean_interval([per[s][part].get(k) for s in per]) for k in keys}
+    if nulls:
+        out["nulls"] = summarise_nulls(nulls)
+    return out
+
+
+def summarise_nulls(nulls: dict[str, Any]) -> dict[str, Any]:
+    """Per task: each cosine kind and each barrier kind as a mean and interval over its pairs."""
+    out: dict[str, Any] = {}
+    for t, cos in nulls.get("cosine", {}).items():
+        row = out.setdefault(t, {})
+        for kind, vals in cos.items():
+            if isinstance(vals, dict):
+                row[f"cosine {kind}"] = mean_interval(list(vals.values()))
+        row["random_baseline"] = cos.get("random_baseline")
+        row["inv_sqrt_d"] = cos.get("inv_sqrt_d")
+    for t, paths in nulls.get("barriers", {}).items():
+        row = out.setdefault(t, {})
+        for kind in PATH_KINDS:
+            got = [p["barrier"] for p in paths.values() if p["kind"] == kind]
+            if got:
+                row[f"barrier {kind}"] = {**mean_interval([g["value"] for g in got]), "paths": got}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Findings
+
+
+def _verdict(iv: dict[str, Any] | None, null: float, above: bool) -> str:
+    """yes: the interval excludes `null` on the claimed side; no: on the other side; undecided: it contains it."""
+    if not iv or iv.get("mean") is None:
+        return "not measured"
+    ex = excludes(iv, null)
+    if ex is None:
+        return "undecided (one seed)"
+    if not ex:
+        return "undecided"
+    return "yes" if (iv["lo"] > null) == above else "no"
+
+
+def _ivs(iv: dict[str, Any] | None, scale: float = 100.0, spec: str = ".1f") -> str:
+    if not iv or iv.get("mean") is None:
+        return "-"
+    if iv.get("lo") is None:
+        return format(scale * iv["mean"], spec)
+    return f"{format(scale * iv['mean'], spec)} [{format(scale * iv['lo'], spec)}, {format(scale * iv['hi'], spec)}]"
+
+
+def findings(agg: dict[str, Any]) -> list[dict[str, str]]:
+    """The paper's claims (arXiv 2604.01499) on this study: claim, task, numbers (mean [95% interval]), verdict."""
+    rows: list[dict[str, str]] = []
+    t1, geo, seq, nulls = agg["table1"], agg["geometry"], agg["sequence"], agg.get("nulls", {})
+    tasks = list(dict.fromkeys(k.split("/")[0] for k in t1))
+    for task in tasks:
+        for m, label in (("es_short", "ES short"), ("grpo", "GRPO")):
+            iv = t1.get(f"{task}/gain {m}")
+            rows.append({"claim": f"{label} improves on the base model", "task": task,
+                         "numbers": f"gain {_ivs(iv)} points", "verdict": _verdict(iv, 0.0, True)})
+        iv = t1.get(f"{task}/es_short - grpo")
+        rows.append({"claim": "ES short matches or beats GRPO (accuracy ES short - GRPO > 0: yes; < 0: no; "
+                              "undecided is consistent with matching)", "task": task,
+                     "numbers": f"{_ivs(iv)} points", "verdict": _verdict(iv, 0.0, True)})
+        iv = geo.get(f"{task}/norm ratio es_long/grpo")
+        rows.append({"claim": "ES moves the weights further than GRPO (norm ratio > 1)", "task": task,
+                     "numbers": f"ratio {_ivs(iv, 1.0, '.3g')}", "verdict": _verdict(iv, 1.0, True)})
+        n = nulls.get(task, {})
+        eg, gg = n.get("cosine es_long|grpo"), n.get("cosine grpo|grpo")
+        if eg and gg and eg.get("mean") is not None and gg.get("mean") is not None:
+            verdict = ("yes" if eg["hi"] is not None and gg["lo"] is not None and eg["hi"] < gg["lo"]
+                       else "undecided" if eg["hi"] is not None else "undecided (one pair)")
+            rows.append({"claim": "ES and GRPO reach different solutions: cosine ES-vs-GRPO below the GRPO-vs-GRPO "
+                                  "null", "task": task,
+                         "numbers": f"ES-vs-GRPO {_ivs(eg, 1.0, '.3g')}, GRPO-vs-GRPO {_ivs(gg, 1.0, '.3g')}, "
+                                    f"ES-vs-ES {_ivs(n.get('cosine es_long|es_long'), 1.0, '.3g')}, "
+                                    f"1/sqrt(d) {n.get('inv_sqrt_d', float('nan')):.2g}", "verdict": verdict})
+        iv = geo.get(f"{task}/off-task KL es_long - grpo")
+        rows.append({"claim": "ES drifts more off-task than GRPO (off-task KL ES long - GRPO > 0)", "task": task,
+                     "numbers": f"{_ivs(iv, 1.0, '.3g')} nats", "verdict": _verdict(iv, 0.0, True)})
+        bg = n.get("barrier es_long|grpo")
+        if bg:
+            nb = [n.get(f"barrier {k}") for k in ("es_long|es_long", "grpo|grpo")]
+            null_hi = max((b["hi"] if b.get("hi") is not None else b["mean"]) for b in nb if b) if any(nb) else None
+            verdict = _verdict(bg, 0.0, True)
+            if verdict == "yes" and null_hi is not None and bg["lo"] is not None and bg["lo"] <= null_hi:
+                verdict = "undecided (barrier above 0 but not above the seed-vs-seed nulls)"
+            rows.append({"claim": "A barrier separates ES and GRPO (accuracy barrier > 0 and above the "
+                                  "seed-vs-seed barriers)", "task": task,
+                         "numbers": f"ES-vs-GRPO {_ivs(bg)}, ES-vs-ES {_ivs(nb[0])}, GRPO-vs-GRPO {_ivs(nb[1])} "
+                                    "points", "verdict": verdict})
+    iv = seq.get("mean_forgetting es_long - grpo")
+    if iv:
+        rows.append({"claim": "In sequence, ES forgets more than GRPO (mean forgetting ES long - GRPO > 0)",
+                     "task": "sequence", "numbers": f"{_ivs(iv)} points", "verdict": _verdict(iv, 0.0, True)})
+    return rows
+
+
+def interval_note() -> str:
+    return ("Intervals: mean and 95% Student-t interval over seeds (mean +- t(0.975, n-1) sd / sqrt(n)); "
+            "barriers: paired percentile bootstrap over test examples per path, and over paths the t interval. "
+            "A finding is *yes* when its interval excludes the null on the claimed side, *no* when it excludes it "
+            "on the other side, *undecided* otherwise.")
+
+
+__all__ = ["aggregate", "between_seeds", "findings", "interval_note", "path_list", "per_seed_numbers",
+           "seed_checkpoints", "summarise_nulls"]

@@ -1,0 +1,132 @@
+"""seeds.py + analysis/seeds.py + report/seeds.py: a study over two seeds on the shipped tiny model with very
+small budgets: one complete study per seed, the nulls between seeds, intervals computed by hand, reuse."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from esgrpo.analysis.seeds import findings, path_list
+from esgrpo.analysis.stats import t_quantile
+from esgrpo.config import (
+    AnalysisConfig,
+    DataConfig,
+    ESConfig,
+    GenerationConfig,
+    GRPOConfig,
+    ModelConfig,
+    NullsConfig,
+    StudyConfig,
+)
+from esgrpo.errors import ConfigError
+from esgrpo.seeds import seed_config
+from esgrpo.study import run_study
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def two_seed_study(out, cache_dir, seeds=(3, 5)) -> StudyConfig:
+    return StudyConfig(
+        model=ModelConfig(name="tiny", cache_dir=cache_dir),
+        data=DataConfig(tasks=["math"], n_train=12, n_test=10),
+        generation=GenerationConfig(max_new_tokens=24, batch_size=16),
+        es=ESConfig(population=4, sigma=0.02, alpha=0.02, iterations=1, batch_size=6, max_new_tokens=24),
+        grpo=GRPOConfig(steps=1, prompts_per_step=3, group_size=4, max_new_tokens=24, lr=1e-3),
+        es_long_factor=2, extra_models=[], out=str(out), seeds=list(seeds),
+        nulls=NullsConfig(n_examples=8, alphas=3, resamples=50),
+        analysis=AnalysisConfig(n_examples=4, alphas=3, probe_points=2, probe_n_examples=3, kl_prompts=2,
+                                kl_samples=1, kl_max_new_tokens=6, heldout_docs=10))
+
+
+def test_seed_config_sets_the_trainers_seeds_and_a_directory_per_seed(tmp_path):
+    cfg = two_seed_study(tmp_path / "s", "cache")
+    sub = seed_config(cfg, 5)
+    assert (sub.es.seed, sub.grpo.seed, sub.seeds) == (5, 5, [])
+    assert sub.out == str(tmp_path / "s" / "seed-5")
+    assert (sub.data, sub.analysis, sub.model) == (cfg.data, cfg.analysis, cfg.model)  # only the seeds differ
+
+
+def test_seeds_must_be_distinct():
+    from esgrpo.config import validate
+
+    with pytest.raises(ConfigError, match="seeds"):
+        validate(StudyConfig(seeds=[1, 1]))
+
+
+def test_path_list_pairs_seeds_for_the_nulls_and_pairs_methods_within_a_seed():
+    paths = path_list([0, 1, 2])
+    kinds = [k for k, _, _ in paths]
+    assert kinds.count("es_long|es_long") == kinds.count("grpo|grpo") == kinds.count("es_long|grpo") == 3
+    assert ("es_long|grpo", (1, "es_long"), (1, "grpo")) in paths
+
+
+@pytest.mark.slow
+def test_two_seed_study_end_to_end_intervals_by_hand_and_rerun_reuses(tmp_path, cache_dir):
+    cfg = two_seed_study(tmp_path / "study", cache_dir)
+    res = run_study(cfg)
+    root = tmp_path / "study"
+
+    # one complete study per seed, each trained with its own seed
+    per = {}
+    for s in (3, 5):
+        d = root / f"seed-{s}"
+        assert (d / "report.md").exists() and (d / "analysis.json").exists()
+        es_cfg = json.loads((d / "runs" / "math-es" / "results.json").read_text())["config"]
+        assert es_cfg["seed"] == s
+        per[s] = json.loads((d / "results.json").read_text())
+    a3, a5 = (per[s]["tasks"]["math"]["accuracy"]["grpo"] for s in (3, 5))
+
+    # Table 1's GRPO cell: the Student-t interval with 1 degree of freedom, by hand
+    iv = res["table1"]["math/grpo"]
+    mean = (a3 + a5) / 2
+    half = t_quantile(0.975, 1) * abs(a3 - a5) / math.sqrt(2) / math.sqrt(2)
+    assert iv["mean"] == pytest.approx(mean) and iv["values"] == [a3, a5]
+    assert (iv["lo"], iv["hi"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert res["table1"]["math/base"]["sd"] == 0.0  # the same base model for every seed
+
+    # nulls: cosines between seeds and the barrier paths, each with its bootstrap interval
+    nulls = json.loads((root / "seeds.json").read_text())
+    cos = nulls["cosine"]["math"]
+    assert set(cos["es_long|es_long"]) == set(cos["grpo|grpo"]) == {"3|5"}
+    assert -1 <= cos["grpo|grpo"]["3|5"] <= 1 and cos["inv_sqrt_d"] == pytest.approx(1 / math.sqrt(cos["d"]))
+    bars = nulls["barriers"]["math"]
+    assert len(bars) == 4  # ES 3->5, GRPO 3->5, ES->GRPO within seed 3 and within seed 5
+    for p in bars.values():
+        b = p["barrier"]
+        assert b["n"] == 8 and b["lo"] <= b["value"] <= b["hi"] and len(p["accuracy"]) == 3
+    # an end point's accuracy is its checkpoint's accuracy on those examples: the same answer from both ends
+    assert bars["es_long@3->es_long@5"]["accuracy"][0] == bars["es_long@3->grpo@3"]["accuracy"][0]
+
+    verdicts = {f["verdict"].split(" ")[0] for f in res["findings"]}
+    assert verdicts <= {"yes", "no", "undecided", "not"}
+    md = (root / "report.md").read_text()
+    for section in ("Findings", "Table 1 over seeds", "Nulls between seeds", "Geometry over seeds"):
+        assert f"## {section}" in md
+    assert (root / "figures" / "table1-seeds.png").exists()
+    assert "data:image/png;base64," in (root / "report.html").read_text()
+
+    # a rerun reuses every seed's runs and the nulls: nothing is trained or evaluated again
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*.jsonl")}
+    seeds_json = (root / "seeds.json").read_text()
+    again = run_study(cfg)
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.jsonl")} == before
+    assert json.loads((root / "seeds.json").read_text())["barriers"] == json.loads(seeds_json)["barriers"]
+    assert again["table1"] == res["table1"]
+
+
+def test_findings_decide_from_the_interval():
+    iv = lambda lo, hi: {"mean": (lo + hi) / 2, "lo": lo, "hi": hi, "n": 3, "values": []}  # noqa: E731
+    agg = {"table1": {"math/gain es_short": iv(0.02, 0.08), "math/gain grpo": iv(-0.05, 0.04),
+                      "math/es_short - grpo": iv(-0.09, -0.01)},
+           "geometry": {"math/norm ratio es_long/grpo": iv(20.0, 40.0)}, "sequence": {}}
+    got = {(f["claim"].split(" (")[0]): f["verdict"] for f in findings(agg)}
+    assert got["ES short improves on the base model"] == "yes"
+    assert got["GRPO improves on the base model"] == "undecided"
+    assert got["ES short matches or beats GRPO"] == "no"
+    assert got["ES moves the weights further than GRPO"] == "yes"
+    assert got["ES drifts more off-task than GRPO"] == "not measured"
