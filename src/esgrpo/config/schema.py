@@ -173,6 +173,12 @@ class ESConfig:
                         "analyses need them).", control=True)
     seed: int = F(0, "Seed of the noise seeds, prompt batches and sampling seeds (derived per iteration); "
                   "give each stage of a task sequence its own seed, or stages reuse the same noise.")
+    numerics: Literal["exact", "published"] = F(
+        "exact", "exact: perturb by computing theta + sigma eps in float32 and rounding once, restore from a copy "
+        "(bit-exact), sum the update in float32 and round once; published: the public code's arithmetic, for "
+        "comparison: noise drawn, scaled and added in place in the weights' dtype, restore by subtracting the "
+        "regenerated noise, the update as N in-place adds (train/published.py). The same in float32 up to the "
+        "last bits; in bf16 the rounding drifts the weights and changes part of the update (precision audit).")
     backend: Literal["sequential", "ray"] = F(
         "sequential", "Who scores the population: sequential (one member at a time in this process) or ray "
         "(members handed to Ray workers, settings in the ray section). Both give bit-identical updates, so a "
@@ -184,6 +190,9 @@ class ESConfig:
         if self.members_per_iteration < 2:
             raise ConfigError("es.population must be >= 2 (or use es.antithetic=true): z-scores of one "
                               "member are all 0")
+        if self.numerics == "published" and self.backend == "ray":
+            raise ConfigError("es.numerics = published drifts each worker's weights by its own restores, so Ray "
+                              "workers would hold other weights than the driver: use es.backend sequential")
 
     @property
     def members_per_iteration(self) -> int:
@@ -235,6 +244,11 @@ class GRPOConfig:
     checkpoint_every: int = F(20, "Save a resumable checkpoint every k steps (0 = only the final one).",
                               NON_NEGATIVE, control=True)
     seed: int = F(0, "Seed for prompt sampling and response sampling.")
+    numerics: Literal["exact", "published"] = F(
+        "exact", "exact: AdamW on float32 master weights, rounded once per step into the weights' dtype (the same "
+        "as published for float32 weights); published: the public code's pure-bf16 AdamW, on the low-precision "
+        "weights themselves (moments in their dtype, no masters). The precision audit then compares each step "
+        "with a float32 AdamW fed the same gradients.")
 
     def check(self) -> None:
         if not self.steps and not self.max_rollouts:
@@ -413,8 +427,8 @@ class StudyConfig(SetupConfig):
         metadata={"help": "Prompts for the extra models (real chat models): by default a format line, two worked "
                           "examples and the stop rule (see the prompt section)."})
     seeds: list[int] = F([], "Run the whole study once per seed (es.seed = grpo.seed = the seed; model, data and "
-                         "analysis seeds stay fixed), each in <out>/seed-<s>/, then report means and 95% intervals "
-                         "over seeds and the between-seed nulls. Empty: one study with es.seed and grpo.seed.",
+                         "analysis seeds stay fixed), each in <out>/seed-<s>/, then report means and 95-percent "
+                         "intervals over seeds and the between-seed nulls. Empty: one study (es.seed, grpo.seed).",
                          (lambda v: len(set(v)) == len(v) and all(isinstance(x, int) and x >= 0 for x in v),
                           "distinct non-negative integers"))
     nulls: NullsConfig = sub(NullsConfig, control=True)

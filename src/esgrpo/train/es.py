@@ -51,6 +51,7 @@ from esgrpo.train.kl import kl_to_reference
 from esgrpo.train.noise import CHUNK, NOISE_VERSION, accumulate, chunks, derive_seed, warm_up
 from esgrpo.train.population import Batch, Member, PopulationEvaluator, SequentialEvaluator, es_scorer
 from esgrpo.train.precision import precision_audit
+from esgrpo.train.published import published_update
 
 __all__ = ["ESConfig", "apply_update", "draw_batch", "draw_members", "replay", "replay_run", "train_es", "zscore"]
 
@@ -179,7 +180,7 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
     warm_up(params)  # compile the noise kernels before time and memory are measured
 
     with PeakMemory(policy.device) as mem:  # after the reference copy (measurement); the backup copy counts
-        evaluator = evaluator or SequentialEvaluator(policy, es_scorer(task, cfg), cfg.sigma)
+        evaluator = evaluator or SequentialEvaluator(policy, es_scorer(task, cfg), cfg.sigma, cfg.numerics)
         while not budget.stop(per_iteration):
             it = budget.steps + 1
             t0 = time.perf_counter()
@@ -198,7 +199,8 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
             t_update = time.perf_counter()
             coefs = [cfg.alpha / len(members) * zn for zn in z]
             audit: dict[str, float] = {}
-            update_norm = apply_update(params, members, coefs, audit=audit)
+            update = published_update if cfg.numerics == "published" else apply_update
+            update_norm = update(params, members, coefs, audit=audit)
             sync(policy.device)
             t_update = time.perf_counter() - t_update
             _check_update(update_norm, weight_norm, it, cfg, run)
@@ -208,7 +210,8 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
             #    its time is not training time).
             run.log({"iteration": it, "seeds": [s for s, _ in members], "signs": [g for _, g in members],
                      "coefs": coefs, "fitness": pop.fitness, "sigma": cfg.sigma, "alpha": cfg.alpha,
-                     "indices": batch.indices, "noise": NOISE_VERSION}, file="updates.jsonl")
+                     "indices": batch.indices, "noise": NOISE_VERSION,
+                     **({"numerics": "published"} if cfg.numerics == "published" else {})}, file="updates.jsonl")
             row = {"iteration": it, **_stats(pop.fitness), "rollouts": budget.rollouts, "tokens": budget.tokens,
                    "seconds": budget.seconds, "iteration_seconds": time.perf_counter() - t0,
                    **{f"t_{k}": v for k, v in pop.seconds.items()}, "t_update": t_update,
@@ -384,7 +387,17 @@ def replay(base_checkpoint_dir: str | Path, updates_jsonl: str | Path, out_dir: 
     policy = Policy(model, tokenizer, name="replay")
     params = policy.named_parameters()
     for row in rows[:upto]:
-        apply_update(params, list(zip(row["seeds"], row["signs"], strict=True)), row["coefs"])
+        members = list(zip(row["seeds"], row["signs"], strict=True))
+        if row.get("numerics") == "published":  # the perturb/restore cycles drift the weights: repeat them
+            from esgrpo.train.published import PublishedPerturbation
+
+            cycles = PublishedPerturbation(params)
+            for seed, sign in members:
+                cycles.perturb(seed, sign, row["sigma"])
+                cycles.restore()
+            published_update(params, members, row["coefs"])
+        else:
+            apply_update(params, members, row["coefs"])
     if out_dir is not None:
         policy.save(out_dir)
     return policy

@@ -218,11 +218,20 @@ class _Optimizer:
 
     def __init__(self, policy: Policy, cfg: GRPOConfig, planned: int) -> None:
         self.params = [p for _, p in policy.named_parameters()]
-        self.masters = [p if p.dtype == torch.float32 else p.detach().float().clone().requires_grad_(True)
-                        for p in self.params]
+        self.published = cfg.numerics == "published"
+        # published: AdamW on the weights themselves, whatever their dtype (the public code's pure bf16)
+        self.masters = [p if p.dtype == torch.float32 or self.published
+                        else p.detach().float().clone().requires_grad_(True) for p in self.params]
         self.opt = torch.optim.AdamW(self.masters, lr=cfg.lr, weight_decay=0.0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(cfg, planned))
         self.max_grad_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+        # published with low-precision weights: the audit's intended update comes from a float32 AdamW fed the
+        # same gradients (its own copy of the weights and moments; it never touches the model)
+        self.shadow: list[Tensor] = []
+        if self.published and any(p.dtype != torch.float32 for p in self.params):
+            self.shadow = [p.detach().float().clone().requires_grad_(True) for p in self.params]
+            self.shadow_opt = torch.optim.AdamW(self.shadow, lr=cfg.lr, weight_decay=0.0)
+            self.shadow_sched = torch.optim.lr_scheduler.LambdaLR(self.shadow_opt, lr_factor(cfg, planned))
 
     def _low(self) -> list[tuple[Tensor, Tensor]]:
         return [(m, p) for m, p in zip(self.masters, self.params, strict=True) if m is not p]
@@ -254,6 +263,8 @@ class _Optimizer:
         (the float32 master update against the change after rounding to the weights' dtype; the same
         for float32 weights). Grads of skipped (all-zero) micro-batches are zeros, not missing: AdamW
         still advances its moments and step count, as with an explicit zero gradient."""
+        if self.shadow:
+            return self._published_step(audit)
         before = [m.detach().clone() for m in self.masters]
         for m, p in zip(self.masters, self.params, strict=True):
             g = p.grad if p.grad is not None else torch.zeros_like(p)
@@ -283,6 +294,35 @@ class _Optimizer:
                     applied = p.float() - b.to(p.dtype).float()
                     sums["applied"] += float(torch.linalg.vector_norm(applied)) ** 2
                     sums["dot"] += float((applied * intended).sum(dtype=torch.float64))
+                sums["changed"] += int(torch.count_nonzero(applied))
+                sums["numel"] += p.numel()
+        if audit is not None:
+            audit.update(precision_audit(sums))
+        return grad_norm, lr, math.sqrt(sums["applied"])
+
+    def _published_step(self, audit: dict[str, float] | None) -> tuple[float, float, float]:
+        """numerics published, low-precision weights: AdamW steps the weights in their own dtype; the float32
+        shadow takes the same gradient (clipped by its own float32 norm) and gives the intended update."""
+        before = [p.detach().float() for p in self.params]
+        shadow_before = [s.detach().clone() for s in self.shadow]
+        for p, s in zip(self.params, self.shadow, strict=True):
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            s.grad = p.grad.float()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
+        torch.nn.utils.clip_grad_norm_(self.shadow, self.max_grad_norm)
+        lr = self.sched.get_last_lr()[0]
+        for opt, sched in ((self.opt, self.sched), (self.shadow_opt, self.shadow_sched)):
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        sums = dict.fromkeys(("applied", "intended", "dot", "changed", "numel"), 0.0)
+        with torch.no_grad():
+            for p, b, s, sb in zip(self.params, before, self.shadow, shadow_before, strict=True):
+                applied, intended = p.float() - b, s - sb
+                sums["applied"] += float(torch.linalg.vector_norm(applied)) ** 2
+                sums["intended"] += float(torch.linalg.vector_norm(intended)) ** 2
+                sums["dot"] += float((applied * intended).sum(dtype=torch.float64))
                 sums["changed"] += int(torch.count_nonzero(applied))
                 sums["numel"] += p.numel()
         if audit is not None:

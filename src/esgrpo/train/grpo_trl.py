@@ -91,6 +91,7 @@ FIELD_MAP = {
     "kl_every": "our measurement on TRL's samples when beta = 0 (TRL's own kl when beta > 0)",
     "checkpoint_every": "save_steps (TRL's resumable checkpoints) and our checkpoints/step-*",
     "seed": "seed, data_seed",
+    "numerics": "exact only: TRL's optimizer runs on the model's own parameters (default only)",
 }
 
 
@@ -112,6 +113,9 @@ def trl_arguments(cfg: GRPOConfig, out: Path, planned_steps: int, *, world: int 
     """Keyword arguments of trl.GRPOConfig for our config (see the module docstring's field map).
 
     Raises ConfigError for a setting TRL cannot honour, naming the key."""
+    if cfg.numerics != DEFAULTS.numerics:
+        raise ConfigError(f"grpo.numerics = {cfg.numerics}: grpo.backend trl trains with TRL's own optimizer; the "
+                          "published-arithmetic comparison runs on grpo.backend native")
     if cfg.gen_batch_size != DEFAULTS.gen_batch_size:
         raise ConfigError(f"grpo.gen_batch_size = {cfg.gen_batch_size}: grpo.backend trl has no counterpart (TRL "
                           "decodes each process's share of a step at once); leave it at its default")

@@ -7,7 +7,8 @@ several processes or GPUs, Ray) can replace `SequentialEvaluator` without touchi
 backend must guarantee:
 
 - the fitness of member (seed, sign) is the mean reward of the model with weights
-  theta + sign * sigma * eps(seed) (noise.py) over `batch`, and the weights are theta afterwards;
+  theta + sign * sigma * eps(seed) (noise.py) over `batch`, and the weights are theta afterwards
+  (es.numerics published alone lets them drift, as the public code does: train/published.py);
 - common random numbers: every member decodes the same prompts with the same per-prompt sampling
   seeds (`batch.sample_seeds`), so fitness differences come from the weights, not from the dice.
 
@@ -107,17 +108,25 @@ class TaskScorer:
 class SequentialEvaluator:
     """One member at a time on one device: perturb in place, score, restore (bit-exact)."""
 
-    def __init__(self, policy: Policy, score_fn: ScoreFn, sigma: float) -> None:
+    def __init__(self, policy: Policy, score_fn: ScoreFn, sigma: float, numerics: str = "exact") -> None:
         self.policy = policy
         self.score_fn = score_fn
         self.sigma = sigma
-        self.perturbation = Perturbation(policy.named_parameters())
+        self.numerics = numerics
+        if numerics == "published":  # in-place perturb, restore by subtraction (train/published.py)
+            from esgrpo.train.published import PublishedPerturbation
+
+            self.perturbation: Perturbation = PublishedPerturbation(policy.named_parameters())
+        else:
+            self.perturbation = Perturbation(policy.named_parameters())
 
     def evaluate(self, members: list[Member], batch: Batch) -> PopulationResult:
         # The weights may have changed since the last call (update, resume): re-take the copy.
         self.perturbation.snapshot()
         device = self.policy.device
         res = PopulationResult(fitness=[])
+        start = ([p.detach().clone() for _, p in self.perturbation.params] if self.numerics == "published"
+                 else None)  # published: measure what the restores by subtraction leave behind
         for seed, sign in members:
             t0 = time.perf_counter()
             self.perturbation.perturb(seed, sign, self.sigma)
@@ -136,4 +145,8 @@ class SequentialEvaluator:
             res.reward_errors += score.reward_errors
             for k, v in score.seconds.items():
                 res.seconds[k] = res.seconds.get(k, 0.0) + v
+        if start is not None:
+            from esgrpo.train.published import drift
+
+            res.extra.update(drift(self.perturbation.params, start))
         return res
