@@ -58,6 +58,10 @@ def test_study_end_to_end_and_rerun_reuses_runs(tmp_path, cache_dir, capsys):
         assert f"## {section}" in md and f">{section}</h2>" in html
     assert html.count("data:image/png;base64,") >= 5  # self-contained: figures embedded
     analysis = json.loads((root / "analysis.json").read_text())
+    rw = analysis["theory"]["random_walk_kl"]  # the exact random-walk KL at ES short's and ES long's T
+    assert set(rw) == {"2", "4"} and set(rw["4"]["kl"]) == {"math", "boolq"}
+    assert rw["4"]["scale"] == pytest.approx(cfg.es.alpha * (4 / cfg.es.population) ** 0.5)
+    assert "exact random walk" in md
     for task in ("math", "boolq"):
         assert set(analysis["kl"][task]["grpo"]) == {"math", "boolq"}  # on-task and off-task
         assert set(analysis["interpolation"][task]) == {"base->es_long", "base->grpo", "es_long->grpo"}

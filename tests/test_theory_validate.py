@@ -69,3 +69,22 @@ def test_alignment_with_a_direction_is_tracked_per_iteration(es_run):
     res = walk_drift(path, cfg.alpha, cfg.population, direction=final)  # its own direction: cosine 1
     assert res["aligned_cosine"] == pytest.approx(1.0, abs=1e-5)
     assert len(res["aligned"]) == 12
+
+
+def test_random_walk_kl_is_the_kl_of_the_base_moved_by_a_seeded_gaussian_step():
+    from esgrpo.theory.validate import random_walk_kl
+    from esgrpo.train.noise import derive_seed, tensor_noise
+
+    class AnyTask(NoTask):
+        name = "any"
+
+    base, work = make_micro_policy(), make_micro_policy()
+    examples = {"any": EXAMPLES[:2]}
+    still = random_walk_kl(base, work, 0.0, examples, 1, 4, seed=0, draws=1, tasks={"any": AnyTask()})
+    assert still["kl"]["any"] == pytest.approx(0.0, abs=1e-6)  # no step: the same model
+    moved = random_walk_kl(base, work, 0.05, examples, 2, 4, seed=0, draws=2, tasks={"any": AnyTask()})
+    assert moved["kl"]["any"] > 0 and len(moved["per_draw"]) == 2
+    assert moved["kl"]["any"] == pytest.approx(sum(d["any"] for d in moved["per_draw"]) / 2)
+    last = derive_seed(0, "random-walk", 1)  # the work policy holds the last draw's weights
+    for (name, p), (_, q) in zip(work.named_parameters(), base.named_parameters(), strict=True):
+        assert torch.equal(p, q + 0.05 * tensor_noise(last, name, q.shape)), name

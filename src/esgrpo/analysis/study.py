@@ -135,6 +135,7 @@ def analyze_study(root: str | Path, study_cfg: StudyConfig, results: dict[str, A
     _cross_task(ctx)                 # cosines between tasks' updates
     _capability_base(ctx)            # the base model's held-out NLL
     _fisher(ctx)                     # the base model's Fisher trace per task (off-task KL prediction)
+    _random_walk_kl(ctx)             # the exact KL of base + a random step of ES short's and ES long's size
     todo = [t for t in tasks if not _task_done(store, t)]
     for t in todo:  # a task record starts from what analysis.json already holds (resume)
         _seed_task_record(store, root / f"analysis-{t}.json", t)
@@ -270,6 +271,29 @@ def _fisher(ctx: _Context) -> None:
         ctx.store.put({k: fisher_trace(ctx.policy, v[:ctx.a.kl_prompts], k, ctx.a.kl_prompts,
                                        ctx.a.kl_max_new_tokens, ctx.a.seed, task=ctx.prompted[k])
                        for k, v in ctx.test.items()}, "theory", "fisher")
+
+
+RANDOM_WALK_DRAWS = 2  # random steps per walk length for the exact random-walk KL
+
+
+def _random_walk_kl(ctx: _Context) -> None:
+    """The random-walk model's off-task KL evaluated exactly (theory/validate.random_walk_kl) for ES short's and
+    ES long's T: one prediction per T, the same whichever task ES trained on (the walk is isotropic)."""
+    from esgrpo.models import load_policy
+    from esgrpo.theory.validate import random_walk_kl
+
+    es = ctx.cfg.es
+    for T in (es.iterations, es.iterations * ctx.cfg.es_long_factor):
+        if ctx.store.has("theory", "random_walk_kl", str(T)):
+            continue
+        ctx.say(f"theory: exact KL of a random walk of T={T}")
+        examples = {k: v[:ctx.a.kl_prompts] for k, v in ctx.test.items()}
+        # sum over one iteration's members of coef^2 = (alpha / M)^2 sum z^2 = alpha^2 / M (z-scores, M members)
+        scale = es.alpha * math.sqrt(T / es.members_per_iteration)
+        ctx.store.put(random_walk_kl(ctx.policy, load_policy(ctx.cfg.model, ctx.cfg.tiny), scale, examples,
+                                     ctx.a.kl_samples, ctx.a.kl_max_new_tokens, ctx.a.seed, RANDOM_WALK_DRAWS,
+                                     ctx.cfg.generation.batch_size, ctx.prompted),
+                      "theory", "random_walk_kl", str(T))
 
 
 def _theory(ctx: _Context) -> None:

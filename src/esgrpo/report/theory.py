@@ -50,9 +50,14 @@ def add_theory_section(doc: Document, a: dict[str, Any], figs: Path, toy: dict[s
         if kl_rows:
             doc.para("Off-task KL: predicted 1/2 (sum of squared ES coefficients) tr(F_B), with tr(F_B) the base "
                      "model's sequence-level Fisher trace on task B (mean ||grad log p(y|x)||^2 over sampled "
-                     "responses), against the measured KL(pi_ES || pi_base) on task B's prompts (nats per response).")
-            doc.table(["trained on", "method", "KL on", "tr(F_B)", "predicted KL", "measured KL",
-                       "measured / predicted"], kl_rows)
+                     "responses), against the measured KL(pi_ES || pi_base) on task B's prompts (nats per response). "
+                     "The quadratic model holds while KL is small; past a few nats it under-estimates. 'Exact "
+                     "random walk': the same random-walk model without the quadratic approximation, the KL of the "
+                     "base model moved by a random Gaussian step of the walk's size alpha sqrt(T / N) per weight "
+                     "(mean over random steps; theory/validate.random_walk_kl), predicted from the settings and the "
+                     "base model alone.")
+            doc.table(["trained on", "method", "KL on", "tr(F_B)", "predicted KL (quadratic)", "measured KL",
+                       "measured / quadratic", "predicted KL (exact random walk)", "measured / exact"], kl_rows)
         _walk_figures(doc, walks, figs)
     if toy is not None:
         _toy_part(doc, toy, figs)
@@ -93,8 +98,10 @@ def _kl_rows(a: dict[str, Any], th: dict[str, Any]) -> list[list[str]]:
                     continue
                 pred = 0.5 * w["cum_coef_sq"][T - 1] * f["trace"]
                 meas = a["kl"][t][m][b]["kl"]
+                exact = th.get("random_walk_kl", {}).get(str(T), {}).get("kl", {}).get(b)
                 rows.append([t, f"{'ES short' if m == 'es_short' else 'ES long'} (T={T})", b, _f(f["trace"], ".4g"),
-                             _f(pred, ".3g"), _f(meas, ".3g"), _f(meas / pred, ".2f") if pred else "-"])
+                             _f(pred, ".3g"), _f(meas, ".3g"), _f(meas / pred, ".2f") if pred else "-",
+                             _f(exact, ".3g"), _f(meas / exact, ".2f") if exact else "-"])
     return rows
 
 

@@ -198,3 +198,33 @@ def fisher_trace(policy, examples: list, task_name: str, n_samples: int, max_new
 def kl_prediction(cum_coef_sq: float, fisher: Mapping[str, float]) -> dict[str, float]:
     """Predicted KL_B after the walk: 1/2 * sum a^2 * tr(F_B) per task B (a quadratic, isotropic-walk model)."""
     return {t: 0.5 * cum_coef_sq * tr for t, tr in fisher.items()}
+
+
+def random_walk_kl(base: Any, work: Any, scale: float, examples_by_task: Mapping[str, list], n_samples: int,
+                   max_new_tokens: int, seed: int, draws: int = 2, batch_size: int = 16,
+                   tasks: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The random-walk model's off-task KL without the quadratic approximation: KL(pi_{theta_0 + scale eps} ||
+    pi_{theta_0}) on each task's prompts, eps ~ N(0, I) drawn `draws` times (noise.py's generator, seeds derived
+    from `seed`), averaged over the draws.
+
+    A pure random walk of T iterations with step alpha, N members has theta_T - theta_0 ~ N(0, alpha^2 T / N I)
+    (sum_n z_n^2 = N for z-scores), so scale = alpha sqrt(T / N) needs nothing but the settings and the base
+    model. `work` is a second copy of the base policy whose weights are overwritten; the KL is measured with
+    analysis/kl.kl_drift (the same prompts and sampling seeds as the trained checkpoints' KL).
+    Returns {"scale", "draws", "per_draw": [{task: kl}], "kl": {task: mean}, "kl_spread": {task: (min, max)}}."""
+    from esgrpo.analysis.kl import kl_drift
+    from esgrpo.train.noise import derive_seed
+
+    per_draw = []
+    for k in range(draws):
+        noise_seed = derive_seed(seed, "random-walk", k)
+        with torch.no_grad():
+            for (name, p), (_, q) in zip(work.named_parameters(), base.named_parameters(), strict=True):
+                p.copy_((q.float() + scale * tensor_noise(noise_seed, name, q.shape, q.device)).to(p.dtype))
+        res = kl_drift(work, base, examples_by_task, n_samples, max_new_tokens, seed, batch_size=batch_size,
+                       tasks=tasks)
+        per_draw.append({t: r["kl"] for t, r in res.items()})
+    tasks_ = list(per_draw[0]) if per_draw else []
+    return {"scale": scale, "draws": draws, "per_draw": per_draw,
+            "kl": {t: sum(d[t] for d in per_draw) / len(per_draw) for t in tasks_},
+            "kl_spread": {t: (min(d[t] for d in per_draw), max(d[t] for d in per_draw)) for t in tasks_}}
