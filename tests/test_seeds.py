@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,18 @@ def test_findings_decide_from_the_interval():
     assert got["ES short matches or beats GRPO"] == "no"
     assert got["ES moves the weights further than GRPO"] == "yes"
     assert got["ES drifts more off-task than GRPO"] == "not measured"
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_config_loads_and_validates(path):
+    from esgrpo.config import load_config, validate
+
+    cfg = load_config(StudyConfig, path)
+    for s in cfg.seeds:  # a multi-seed study: every seed's study is valid too
+        validate(seed_config(cfg, s))
+    if path.name == "study-seeds.yaml":
+        default = load_config(StudyConfig, path.parent / "study-default.yaml")
+        assert cfg.seeds == [0, 1, 2] and cfg.nulls.n_examples >= 500
+        # the same study as the default, seeds and run control aside
+        assert (cfg.es, cfg.grpo, cfg.data, cfg.analysis, cfg.sequential) == \
+            (default.es, default.grpo, default.data, default.analysis, default.sequential)
