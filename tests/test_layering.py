@@ -11,6 +11,7 @@ Layers, bottom to top (a module may import its own layer and the ones below):
     run             one run (train then evaluate, or evaluate)
     sequence        the tasks one after another
     study           the main job
+    seeds           the main job once per seed, and the statistics over seeds
     cli             argument parsing
 """
 
@@ -32,6 +33,7 @@ LAYERS = [
     {"run"},
     {"sequence"},
     {"study"},
+    {"seeds"},
     {"cli"},
 ]
 ROOT = Path(esgrpo.__file__).parent

@@ -22,7 +22,7 @@ from esgrpo.config import (
     StudyConfig,
 )
 from esgrpo.errors import ConfigError
-from esgrpo.seeds import seed_config
+from esgrpo.seeds import run_seeds, seed_config
 from esgrpo.study import run_study
 
 
@@ -52,6 +52,12 @@ def test_seed_config_sets_the_trainers_seeds_and_a_directory_per_seed(tmp_path):
     assert (sub.data, sub.analysis, sub.model) == (cfg.data, cfg.analysis, cfg.model)  # only the seeds differ
 
 
+def test_run_study_points_a_multi_seed_config_to_run_seeds(tmp_path):
+    with pytest.raises(ConfigError, match="run_seeds"):
+        run_study(two_seed_study(tmp_path / "s", "cache"))
+    assert not (tmp_path / "s").exists()
+
+
 def test_seeds_must_be_distinct():
     from esgrpo.config import validate
 
@@ -69,7 +75,7 @@ def test_path_list_pairs_seeds_for_the_nulls_and_pairs_methods_within_a_seed():
 @pytest.mark.slow
 def test_two_seed_study_end_to_end_intervals_by_hand_and_rerun_reuses(tmp_path, cache_dir):
     cfg = two_seed_study(tmp_path / "study", cache_dir)
-    res = run_study(cfg)
+    res = run_seeds(cfg)
     root = tmp_path / "study"
 
     # one complete study per seed, each trained with its own seed
@@ -114,7 +120,7 @@ def test_two_seed_study_end_to_end_intervals_by_hand_and_rerun_reuses(tmp_path, 
     # a rerun reuses every seed's runs and the nulls: nothing is trained or evaluated again
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*.jsonl")}
     seeds_json = (root / "seeds.json").read_text()
-    again = run_study(cfg)
+    again = run_seeds(cfg)
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*.jsonl")} == before
     assert json.loads((root / "seeds.json").read_text())["barriers"] == json.loads(seeds_json)["barriers"]
     assert again["table1"] == res["table1"]

@@ -118,10 +118,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> None:
+    from esgrpo.seeds import run_seeds
     from esgrpo.study import run_study
 
     cfg: StudyConfig = config_from_args(args)
-    run_study(cfg.quick() if args.quick else cfg, only=[c for x in args.only for c in x.split(",") if c] or None)
+    cfg = cfg.quick() if args.quick else cfg
+    (run_seeds if cfg.seeds else run_study)(cfg, only=[c for x in args.only for c in x.split(",") if c] or None)
 
 
 def cmd_sequence(args: argparse.Namespace) -> None:

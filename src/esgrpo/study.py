@@ -183,10 +183,9 @@ def study_jobs(cfg: StudyConfig, root: Path, cells: dict[str, tuple[str, ...]], 
 def run_study(cfg: StudyConfig, only: list[str] | None = None) -> dict[str, Any]:
     """Base eval + training on every task + analyses + sequence + report; resumable. `only`: just these
     TASK:METHOD cells (no analyses, sequence or report unless every cell is then done)."""
-    if cfg.seeds:  # one study per seed, then the statistics over seeds (seeds.py)
-        from esgrpo.seeds import run_seeds
-
-        return run_seeds(cfg, only)
+    if cfg.seeds:
+        raise ConfigError(f"seeds = {cfg.seeds}: a study over several seeds runs with esgrpo.seeds.run_seeds (the "
+                          "command line `esgrpo study` picks it), one study per seed")
     # 1. Checks before anything is written: the settings (also when built in Python), the study directory's
     #    identity and the data.
     validate(cfg)
