@@ -66,7 +66,7 @@ def run_seeds(cfg: StudyConfig, only: list[str] | None = None) -> dict[str, Any]
             return record.data
         finish_seeds(root, cfg)
         record = JsonRecord(root / "results.json")
-        record.data["seconds"] = record.data.get("seconds_before", 0.0) + time.time() - t0
+        record.data["seconds"] = record.data.get("seconds", 0.0) + time.time() - t0  # summed over invocations
         record.save()
     from esgrpo.report.seeds import write_seeds_report
 

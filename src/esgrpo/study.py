@@ -228,7 +228,8 @@ def run_study(cfg: StudyConfig, only: list[str] | None = None) -> dict[str, Any]
             from esgrpo.sequence import run_sequence
 
             run_sequence(sequence_config(cfg))
-        results["seconds"] = time.time() - t0
+        # Wall time summed over the invocations that worked on this study (a rerun that reuses it adds seconds).
+        results["seconds"] = results.get("seconds", 0.0) + time.time() - t0
         record.save()
 
         # 7. The report.

@@ -104,7 +104,10 @@ def write_seeds_report(root: Path) -> str:
             for s, d in dirs.items()}
     doc.para(f"Seeds {', '.join(map(str, seeds))}: each a complete study (es.seed = grpo.seed = the seed; model, "
              "data and analysis seeds fixed), with its own report in `seed-<s>/report.html`. " + interval_note())
-    doc.para("Study time per seed: " + ", ".join(f"seed {s} {v:.0f} s" for s, v in secs.items() if v) + ".")
+    nulls_s = read_json(root / "seeds.json").get("seconds") if (root / "seeds.json").exists() else None
+    doc.para("Wall time (summed over the invocations that worked on each): "
+             + ", ".join(f"seed {s} {v:.0f} s" for s, v in secs.items() if v)
+             + (f", nulls between seeds {nulls_s:.0f} s" if nulls_s else "") + ".")
 
     doc.heading("Findings")
     doc.table(["claim", "task", "numbers: mean [95% interval]", "verdict"],

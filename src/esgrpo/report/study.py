@@ -238,7 +238,7 @@ def study_document(root: Path, results: dict[str, Any], cfg: Any) -> Document:
             rows.append([name, f"{e['parameters']:,}", str(e["n"]), *cells])
         doc.table(["model", "parameters", "n/task", *results["base"]], rows)
     doc.para(f"Tiny model build: {results['build_seconds']:.0f} s (0 if cached). "
-             f"Total study time: {results['seconds']:.0f} s.")
+             f"Total study time (summed over the invocations that worked on it): {results['seconds']:.0f} s.")
     return doc
 
 
