@@ -124,6 +124,9 @@ def test_two_seed_study_end_to_end_intervals_by_hand_and_rerun_reuses(tmp_path, 
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*.jsonl")} == before
     assert json.loads((root / "seeds.json").read_text())["barriers"] == json.loads(seeds_json)["barriers"]
     assert again["table1"] == res["table1"]
+    for s in (3, 5):  # a study's seconds sum its invocations: the rerun adds to the first run's time
+        after = json.loads((root / f"seed-{s}" / "results.json").read_text())["seconds"]
+        assert after >= per[s]["seconds"] > 0
 
 
 def test_findings_decide_from_the_interval():
