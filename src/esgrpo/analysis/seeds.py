@@ -232,7 +232,7 @@ def summarise_nulls(nulls: dict[str, Any]) -> dict[str, Any]:
     for t, paths in nulls.get("barriers", {}).items():
         row = out.setdefault(t, {})
         for kind in PATH_KINDS:
-            got = [p["barrier"] for p in paths.values() if p["kind"] == kind]
+            got = [{"path": key, **p["barrier"]} for key, p in paths.items() if p["kind"] == kind]
             if got:
                 row[f"barrier {kind}"] = {**mean_interval([g["value"] for g in got]), "paths": got}
     return out

@@ -74,7 +74,8 @@ def barrier_path_rows(agg: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for t, n in agg.get("nulls", {}).items():
         for kind in ("es_long|es_long", "grpo|grpo", "es_long|grpo"):
             for p in (n.get(f"barrier {kind}") or {}).get("paths", []):
-                rows.append([t, kind.replace("es_long", "ES").replace("grpo", "GRPO").replace("|", " vs "),
+                label = p.get("path", kind).replace("es_long@", "ES seed ").replace("grpo@", "GRPO seed ")
+                rows.append([t, label.replace("->", " -> "),
                              f"{100 * p['value']:.1f} [{100 * p['lo']:.1f}, {100 * p['hi']:.1f}]", str(p["n"])])
     return ["task", "path", "barrier (points) [bootstrap 95%]", "examples"], rows
 
