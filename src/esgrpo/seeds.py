@@ -77,14 +77,12 @@ def run_seeds(cfg: StudyConfig, only: list[str] | None = None) -> dict[str, Any]
 
 def finish_seeds(root: Path, cfg: StudyConfig) -> dict[str, Any]:
     """Steps 3-4 on finished seed studies: the nulls (seeds.json), the statistics and findings (results.json)."""
-    from esgrpo.analysis.seeds import aggregate, between_seeds, findings
+    from esgrpo.analysis.seeds import between_seeds, refresh
 
     dirs = {s: Path(seed_config(cfg, s).out) for s in cfg.seeds}
-    nulls = between_seeds(root, cfg, dirs) if cfg.train and len(dirs) > 1 else None
+    if cfg.train and len(dirs) > 1:
+        between_seeds(root, cfg, dirs)
     record = JsonRecord(root / "results.json")
-    agg = aggregate(dirs, nulls)
-    record.data.update(agg)
-    record.data["findings"] = findings(agg)
     record.data["seed_dirs"] = {str(s): str(d) for s, d in dirs.items()}
     record.save()
-    return record.data
+    return refresh(root)

@@ -322,8 +322,10 @@ def write_report(path: str | Path, screenshot: bool = False) -> list[Path]:
 
     root = Path(path)
     if _is_seeds_study(root):
+        from esgrpo.analysis.seeds import refresh
         from esgrpo.report.seeds import write_seeds_report
 
+        refresh(root)  # the statistics and findings from the records, then the report
         write_seeds_report(root)
         return [root / "report.html"]
     cfg, results = open_study(path)

@@ -320,11 +320,12 @@ def findings(agg: dict[str, Any]) -> list[dict[str, str]]:
         if bg:
             nb = [n.get(f"barrier {k}") for k in ("es_long|es_long", "grpo|grpo")]
             null_hi = max((b["hi"] if b.get("hi") is not None else b["mean"]) for b in nb if b) if any(nb) else None
+            tol = 1e-9  # sums of zeros: a barrier of 1e-17 points is none
             if bg.get("lo") is None or null_hi is None:
                 verdict = "undecided (one seed)"
-            elif bg["lo"] > null_hi:
+            elif bg["lo"] > null_hi + tol:
                 verdict = "no"  # a barrier beyond what two seeds of one method show
-            elif bg["hi"] <= null_hi:
+            elif bg["hi"] <= null_hi + tol:
                 verdict = "yes"
             else:
                 verdict = "undecided"
@@ -343,6 +344,19 @@ def findings(agg: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def refresh(root: Path) -> dict[str, Any]:
+    """Recompute the statistics and findings of a multi-seed study from its records (the seeds' studies and
+    seeds.json) into its results.json; nothing is trained or evaluated."""
+    record = JsonRecord(Path(root) / "results.json")
+    dirs = {int(s): Path(d) for s, d in record.data["seed_dirs"].items()}
+    nulls_path = Path(root) / "seeds.json"
+    agg = aggregate(dirs, read_json(nulls_path) if nulls_path.exists() else None)
+    record.data.update(agg)
+    record.data["findings"] = findings(agg)
+    record.save()
+    return record.data
+
+
 def interval_note() -> str:
     return ("Intervals: mean and 95% Student-t interval over seeds (mean +- t(0.975, n-1) sd / sqrt(n)); "
             "barriers: paired percentile bootstrap over test examples per path, and over paths the t interval. "
@@ -350,5 +364,5 @@ def interval_note() -> str:
             "on the other side, *undecided* otherwise.")
 
 
-__all__ = ["aggregate", "between_seeds", "findings", "interval_note", "path_list", "per_seed_numbers",
+__all__ = ["aggregate", "between_seeds", "findings", "interval_note", "path_list", "per_seed_numbers", "refresh",
            "seed_checkpoints", "summarise_nulls"]
