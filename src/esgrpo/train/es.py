@@ -50,7 +50,7 @@ from esgrpo.train.budget import Budget
 from esgrpo.train.kl import kl_to_reference
 from esgrpo.train.noise import CHUNK, NOISE_VERSION, accumulate, chunks, derive_seed, warm_up
 from esgrpo.train.population import Batch, Member, PopulationEvaluator, SequentialEvaluator, es_scorer
-from esgrpo.train.precision import precision_audit
+from esgrpo.train.precision import AuditSums
 from esgrpo.train.published import published_update
 
 __all__ = ["ESConfig", "apply_update", "draw_batch", "draw_members", "replay", "replay_run", "train_es", "zscore"]
@@ -117,10 +117,10 @@ def apply_update(params: list[tuple[str, Tensor]], members: list[Member], coefs:
     would change nothing but cost a noise draw).
     """
     active = [(m, c) for m, c in zip(members, coefs, strict=True) if c != 0.0]
-    sums = dict.fromkeys(("applied", "intended", "dot", "changed", "numel"), 0.0)
+    sums = AuditSums(audit=audit is not None)
     for name, p in params:
         flat = p.view(-1)
-        sums["numel"] += p.numel()
+        sums.count(p.numel())
         if not active:
             continue
         for s, e in chunks(p.numel(), chunk):
@@ -129,22 +129,11 @@ def apply_update(params: list[tuple[str, Tensor]], members: list[Member], coefs:
             for (seed, sign), coef in active:
                 acc = accumulate(acc, s, seed, name, coef * sign)
             new = acc.to(p.dtype)  # float32 weights: `acc` itself, nothing is rounded
-            applied = new.float() - old
-            sq = float(torch.linalg.vector_norm(applied)) ** 2
-            sums["applied"] += sq
-            if audit is not None:
-                if new is acc:  # the applied update is the intended one
-                    sums["intended"] += sq
-                    sums["dot"] += sq
-                else:
-                    intended = acc - old
-                    sums["intended"] += float(torch.linalg.vector_norm(intended)) ** 2
-                    sums["dot"] += float((applied * intended).sum(dtype=torch.float64))
-                sums["changed"] += int(torch.count_nonzero(applied))
+            sums.add(new.float() - old, None if new is acc else acc - old)
             flat[s:e] = new
     if audit is not None:
-        audit.update(precision_audit(sums))
-    return math.sqrt(sums["applied"])
+        audit.update(sums.result())
+    return sums.applied_norm
 
 
 # ----------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ from esgrpo.tasks.base import Example, Task, score_responses
 from esgrpo.train.budget import Budget
 from esgrpo.train.kl import k3
 from esgrpo.train.noise import derive_seed
-from esgrpo.train.precision import precision_audit
+from esgrpo.train.precision import AuditSums
 
 STD_EPS = 1e-6
 
@@ -281,24 +281,16 @@ class _Optimizer:
         with torch.no_grad():
             for m, p in self._low():
                 p.copy_(m)
-            sums = dict.fromkeys(("applied", "intended", "dot", "changed", "numel"), 0.0)
+            sums = AuditSums(audit=audit is not None)
             for m, p, b in zip(self.masters, self.params, before, strict=True):
-                intended = m - b
-                sq = float(torch.linalg.vector_norm(intended)) ** 2
-                sums["intended"] += sq
                 if m is p:  # float32 weights: the applied update is the intended one
-                    applied = intended
-                    sums["applied"] += sq
-                    sums["dot"] += sq
+                    sums.add(m - b, None)
                 else:  # the weights held round(master) before the step too, so their change is exact from b
-                    applied = p.float() - b.to(p.dtype).float()
-                    sums["applied"] += float(torch.linalg.vector_norm(applied)) ** 2
-                    sums["dot"] += float((applied * intended).sum(dtype=torch.float64))
-                sums["changed"] += int(torch.count_nonzero(applied))
-                sums["numel"] += p.numel()
+                    sums.add(p.float() - b.to(p.dtype).float(), m - b)
+                sums.count(p.numel())
         if audit is not None:
-            audit.update(precision_audit(sums))
-        return grad_norm, lr, math.sqrt(sums["applied"])
+            audit.update(sums.result())
+        return grad_norm, lr, sums.applied_norm
 
     def _published_step(self, audit: dict[str, float] | None) -> tuple[float, float, float]:
         """numerics published, low-precision weights: AdamW steps the weights in their own dtype; the float32
@@ -316,18 +308,14 @@ class _Optimizer:
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-        sums = dict.fromkeys(("applied", "intended", "dot", "changed", "numel"), 0.0)
+        sums = AuditSums(audit=audit is not None)
         with torch.no_grad():
             for p, b, s, sb in zip(self.params, before, self.shadow, shadow_before, strict=True):
-                applied, intended = p.float() - b, s - sb
-                sums["applied"] += float(torch.linalg.vector_norm(applied)) ** 2
-                sums["intended"] += float(torch.linalg.vector_norm(intended)) ** 2
-                sums["dot"] += float((applied * intended).sum(dtype=torch.float64))
-                sums["changed"] += int(torch.count_nonzero(applied))
-                sums["numel"] += p.numel()
+                sums.add(p.float() - b, s - sb)
+                sums.count(p.numel())
         if audit is not None:
-            audit.update(precision_audit(sums))
-        return grad_norm, lr, math.sqrt(sums["applied"])
+            audit.update(sums.result())
+        return grad_norm, lr, sums.applied_norm
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from esgrpo.train.noise import CHUNK, Perturbation, _counter, _kernel, _noise, _scalars, chunks
-from esgrpo.train.precision import precision_audit
+from esgrpo.train.precision import AuditSums
 
 Member = tuple[int, int]
 
@@ -91,7 +91,7 @@ def published_update(params: list[tuple[str, Tensor]], members: list[Member], co
 
     audit: the applied change against the intended float32 update sum_n coef_n sign_n eps_n (precision_audit).
     """
-    sums = dict.fromkeys(("applied", "intended", "dot", "changed", "numel"), 0.0)
+    sums = AuditSums(audit=audit is not None)
     active = [(m, c) for m, c in zip(members, coefs, strict=True) if c != 0.0]
     for name, p in params:
         old = p.detach().to(torch.float32, copy=True).view(-1)
@@ -103,16 +103,11 @@ def published_update(params: list[tuple[str, Tensor]], members: list[Member], co
                 flat[s:e].add_(eps.to(p.dtype) * scale)
                 if intended is not None:
                     intended[s:e].add_(eps, alpha=scale)
-        applied = p.detach().view(-1).float() - old
-        sums["applied"] += float(torch.linalg.vector_norm(applied)) ** 2
-        sums["changed"] += int(torch.count_nonzero(applied))
-        sums["numel"] += p.numel()
-        if intended is not None:
-            sums["intended"] += float(torch.linalg.vector_norm(intended)) ** 2
-            sums["dot"] += float((applied * intended).sum(dtype=torch.float64))
+        sums.add(p.detach().view(-1).float() - old, intended)
+        sums.count(p.numel())
     if audit is not None:
-        audit.update(precision_audit(sums))
-    return math.sqrt(sums["applied"])
+        audit.update(sums.result())
+    return sums.applied_norm
 
 
 @torch.no_grad()
