@@ -410,6 +410,7 @@ def train_grpo_trl(policy: Policy, task: Task, examples: list[Example], cfg: GRP
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
             trainer.train(resume_from_checkpoint=resume_from)
+    _leave_process_group()
     if run is None:
         return {}
     _save(trainer, policy, run, budget, cfg, planned, "final")
@@ -426,6 +427,18 @@ def train_grpo_trl(policy: Policy, task: Task, examples: list[Example], cfg: GRP
     }
     run.write_results(results)
     return results
+
+
+def _leave_process_group() -> None:
+    """After training's last collective, every process of a multi-process job leaves the process group
+    together. A process that exits with the group alive can abort in the destructors of its communication
+    threads ("terminate called without an active exception"), which fails the whole launch although the
+    run finished; the main process's checkpoint and evaluation need no collective."""
+    import torch.distributed as dist
+
+    if world_size() > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _restore_budget(run: RunDir, budget: Budget, step: int) -> None:
