@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from esgrpo.theory.adamw import adamw_walk, grpo_norm, schedule
+from esgrpo.theory.adamw import adamw_walk, grpo_norm, schedule, signal_to_noise
 
 
 def test_the_simulator_is_torchs_adamw_step_for_step():
@@ -58,3 +59,39 @@ def test_theory_predict_gives_the_es_grpo_ratio_before_training():
     out = predictions(0.03, 16, 39, 1_918_656, grpo_lr=3e-4, grpo_steps=40)
     assert math.isclose(out["es_grpo_norm_ratio"], out["es_norm"] / out["grpo_norm"])
     assert math.isclose(out["grpo_norm"], grpo_norm(schedule(3e-4, 40, "linear"), 1_918_656))
+
+
+def test_signal_to_noise_recovers_a_known_snr_and_reads_zero_on_noise():
+    rng = np.random.default_rng(5)
+    k, coords = 16, 200_000
+    scale = rng.uniform(1e-4, 1e-1, coords)  # per-coordinate gradient scales: the ratio does not see them
+    for snr in (0.0, 0.1, 0.3):
+        grads = scale * (snr + rng.standard_normal((k, coords)))
+        grads[:, :1000] = 0.0  # coordinates without any gradient are left out, not counted as signal 0
+        assert abs(signal_to_noise(grads) - snr) < 0.02
+    # the plain mean^2 / var would read ~1/K on pure noise; the corrected estimate must not
+    assert signal_to_noise(rng.standard_normal((k, coords))) < 0.02
+
+
+def test_signal_to_noise_refuses_too_few_gradients():
+    with pytest.raises(ValueError, match="at least 4"):
+        signal_to_noise(np.ones((3, 10)))
+
+
+def test_gradient_snr_measures_at_the_base_without_moving_it(tmp_path):
+    """The trainer's own steps at lr 1e-30 give independent gradients at one point; the weights stay bitwise."""
+    from esgrpo.config import DataConfig, GRPOConfig, ModelConfig, PromptConfig
+    from esgrpo.models import load_policy
+    from esgrpo.tasks import load_examples
+    from esgrpo.tasks.prompting import make_task
+    from esgrpo.theory.adamw import gradient_snr
+
+    policy = load_policy(ModelConfig(name="tiny", cache_dir=str(tmp_path)))
+    base = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    data = DataConfig(n_train=16)
+    task = make_task("math", PromptConfig(), data)
+    train = load_examples("math", data.source, "train", 16, seed=0)
+    cfg = GRPOConfig(steps=40, prompts_per_step=2, group_size=4, max_new_tokens=24, lr=3e-4)
+    snr, flat = gradient_snr(policy, task, train, cfg, steps=6)
+    assert all(torch.equal(p, base[n]) for n, p in policy.named_parameters())
+    assert 0 <= flat <= 2 and math.isfinite(snr) and 0.0 <= snr < 1.0  # policy gradients are mostly noise
