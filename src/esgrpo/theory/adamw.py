@@ -20,9 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from esgrpo.config import GRPOConfig
+    from esgrpo.models.policy import Policy
+    from esgrpo.tasks.base import Example, Task
 
 
 def adamw_walk(lrs: Sequence[float], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -80,9 +85,10 @@ def signal_to_noise(grads: np.ndarray) -> float:
     return math.sqrt(max(snr2, 0.0))
 
 
-def gradient_snr(policy: Any, task: Any, examples: list[Any], cfg: Any, steps: int = 16) -> tuple[float, int]:
+def gradient_snr(policy: Policy, task: Task, examples: list[Example], cfg: GRPOConfig,
+                 steps: int = 16) -> tuple[float, int]:
     """The rms per-coordinate gradient snr of GRPO at `policy`'s weights, measured in `steps` steps of the
-    trainer itself (cfg: a GRPOConfig) at a learning rate of 1e-30: the weights stay as they are to the last
+    trainer itself (cfg's settings) at a learning rate of 1e-30: the weights stay as they are to the last
     bit (checked), so each step's gradient is an independent draw at one point (fresh prompts and samples),
     taken as AdamW receives it (after clipping). Returns (snr, steps whose gradient was exactly zero, which
     are left out)."""
