@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +18,7 @@ from esgrpo.config import GRPOConfig  # noqa: E402
 from esgrpo.errors import ConfigError  # noqa: E402
 from esgrpo.rollout import response_logprobs  # noqa: E402
 from esgrpo.train.grpo import grpo_loss  # noqa: E402
-from esgrpo.train.grpo_trl import FIELD_MAP, trl_arguments  # noqa: E402
+from esgrpo.train.grpo_trl import FIELD_MAP, _leave_process_group, trl_arguments  # noqa: E402
 
 
 def test_every_grpo_field_has_a_documented_trl_counterpart_or_refusal():
@@ -231,3 +234,23 @@ def test_the_study_runs_unchanged_with_the_trl_backend(tmp_path):
     assert stage2["backend"] == "trl" and stage2["steps"] == 2
     md = (root / "report.md").read_text()
     assert "| math |" in md and "## Sequential" in md
+
+
+def _join_and_leave(rank: int, port: int, out: str) -> None:
+    """One process of a two-process gloo job, as accelerate launch starts it (WORLD_SIZE, RANK set)."""
+    import torch.distributed as dist
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    _leave_process_group()
+    Path(out, f"rank{rank}").write_text(str(dist.is_initialized()))
+
+
+def test_every_process_leaves_the_process_group_after_training(tmp_path):
+    """After training each process of a multi-process job leaves the group (a process that exits with it
+    alive can abort in its communication threads' destructors and fail a finished launch)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_join_and_leave, args=(port, str(tmp_path)), nprocs=2)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["False", "False"]
