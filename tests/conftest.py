@@ -61,3 +61,19 @@ def _stub_task_class():
 
 
 StubTask = _stub_task_class()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored after (micro models gain nothing from threads, and on a
+    shared CPU extra threads mostly spin)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """A model cache shared by the tests of one module."""
+    return str(tmp_path_factory.mktemp("cache"))

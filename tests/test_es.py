@@ -43,13 +43,7 @@ class RaisingTask(FakeTask):
         raise ValueError("a broken reward")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Micro models gain nothing from threads, and on a shared CPU extra threads mostly spin (6x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the shared fixture in conftest.py
 
 
 EXAMPLES = [Example(uid=str(i), question=f"Compute {i}+{2 * i}.", target={}) for i in range(6)]

@@ -20,12 +20,7 @@ MEMBERS = [(11, 1), (22, -1), (33, 1)]
 COEFS = [3e-3, -1.5e-3, 7e-4]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the shared fixture in conftest.py
 
 
 def _linear(dtype):

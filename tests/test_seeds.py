@@ -26,11 +26,6 @@ from esgrpo.seeds import run_seeds, seed_config
 from esgrpo.study import run_study
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
 def two_seed_study(out, cache_dir, seeds=(3, 5)) -> StudyConfig:
     return StudyConfig(
         model=ModelConfig(name="tiny", cache_dir=cache_dir),

@@ -21,11 +21,6 @@ from esgrpo.config import (
 from esgrpo.study import run_study
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
 def small_study(out, cache_dir) -> StudyConfig:
     return StudyConfig(
         model=ModelConfig(name="tiny", cache_dir=cache_dir),
