@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,7 +134,58 @@ CASES = [
     Case("study_only_unknown_cell", lambda t: ["study", "--only", "math:adam", *_out(t)], "TASK:METHOD"),
     Case("resume_with_nothing_to_resume", lambda t: ["train", "es", *ES_SMALL, "--es.iterations", "1", "--resume",
                                                      *_out(t)], "holds no run to resume"),
+    # round 3: YAML that never finishes loading, values too long to echo, negative numbers after a flag
+    Case("yaml_alias_bomb_in_a_number", lambda t: ["train", "es", "--config", _file(t, "c.yaml", _bomb("es:\n  sigma"))
+                                                   , *_out(t)], "aliases expand to more than"),
+    Case("yaml_alias_bomb_in_a_list", lambda t: ["eval", "tiny", "--config", _file(t, "c.yaml",
+                                                                                    _bomb("data:\n  tasks")),
+                                                 *_out(t)], "aliases expand to more than"),
+    Case("yaml_alias_bomb_in_set", lambda t: ["eval", "tiny", "--set", f"data.tasks=[{_bomb('')[2:].strip()}]",
+                                              *_out(t)],
+         "aliases expand to more than"),
+    Case("yaml_nested_20000_deep", lambda t: ["eval", "tiny", "--config", _file(
+        t, "c.yaml", "es:\n  sigma: " + "[" * 20000 + "]" * 20000 + "\n"), *_out(t)], "nested more than 64 levels"),
+    Case("model_name_of_a_million_characters", lambda t: ["eval", "--config", _file(
+        t, "c.yaml", "model:\n  name: " + "x" * 1_000_000 + "\n"), *_out(t)], "config key 'model.name' = 'xxx"),
+    Case("grpo_lr_negative_after_the_flag", lambda t: ["train", "grpo", "--grpo.lr", "-3e-4", *_out(t)],
+         "'grpo.lr' = -0.0003 is invalid"),
+    Case("grpo_max_grad_norm_minus_inf", lambda t: ["train", "grpo", "--grpo.max_grad_norm", "-inf", *_out(t)],
+         "'grpo.max_grad_norm' must be a finite number"),
+    Case("theory_predict_population_zero", lambda t: ["theory", "predict", *_PREDICT, "--N", "0"],
+         "theory --N = 0 is invalid"),
+    Case("theory_predict_negative_d", lambda t: ["theory", "predict", *_PREDICT, "--d", "-1000"],
+         "theory --d = -1000 is invalid"),
+    Case("theory_predict_alpha_nan", lambda t: ["theory", "predict", *_PREDICT, "--alpha", "nan"],
+         "theory --alpha = nan is invalid"),
+    Case("analyze_norms_nan_weight", lambda t: ["analyze", "norms", str(_weights(t, "base", 0.0)),
+                                                str(_weights(t, "nan", math.nan))], "holds 1 NaN or infinite"),
+    Case("analyze_cosine_of_two_zero_updates", lambda t: ["analyze", "cosine", *[str(_weights(t, "x", 0.0))] * 3],
+         "a zero update"),
 ]
+
+_PREDICT = ["--alpha", "0.03", "--N", "16", "--T", "39", "--d", "1918656"]
+
+
+def _bomb(key: str) -> str:
+    """A "billion laughs" YAML value under `key`: nine levels of nine aliases each, 9^9 strings expanded."""
+    value = "&a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"
+    for i in range(1, 9):
+        value = f"&a{i} [" + ", ".join([value] + [f"*a{i - 1}"] * 8) + "]"
+    return f"{key}: {value}\n"
+
+
+def _weights(t: Path, name: str, last: float) -> Path:
+    """A two-tensor checkpoint whose last weight is `last` (the others fixed)."""
+    import torch
+    from safetensors.torch import save_file
+
+    d = t / name
+    if not d.exists():
+        d.mkdir()
+        w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+        w[-1, -1] = last
+        save_file({"a.weight": w, "b.weight": torch.ones(4)}, str(d / "model.safetensors"))
+    return d
 
 
 def _truncated(t: Path, name: str) -> Path:
@@ -190,7 +242,14 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(case, tmp_path, capsys, 
 
 
 def test_the_catalogue_covers_the_reported_cases():
-    assert len(CASES) >= 45 and len({c.name for c in CASES}) == len(CASES)
+    assert len(CASES) >= 57 and len({c.name for c in CASES}) == len(CASES)
+
+
+def test_an_error_never_echoes_an_unbounded_value(tmp_path, capsys):
+    code = main(["eval", "--config", _file(tmp_path, "c.yaml", "model:\n  name: " + "x" * 1_000_000 + "\n"),
+                 "--out", str(tmp_path / "out")])
+    last = _check_one_line_error(code, capsys.readouterr().err, "model.name")
+    assert len(last) < 600 and "1,000,000 characters" in last and "cannot write" not in last
 
 
 # --- cases that need a prepared run directory or a second process --------------------------------------
@@ -296,3 +355,189 @@ def test_a_read_only_disk_is_one_line(tmp_path, capsys, monkeypatch):
     code = main(["eval", "tiny", "--n", "2", "--tasks", "math", "--out", str(tmp_path / "out")])
     _check_one_line_error(code, capsys.readouterr().err, "read-only")
     assert not (tmp_path / "out").exists()
+
+
+# --- round 3: tasks of your own that break, replay into a checkpoint, rewards that fail ----------------------
+
+_TASK_MODULE = '''
+from esgrpo.tasks import JsonlTask
+
+
+def exact(prompts, completions, answer, **columns):
+    return [1.0 if c.strip().endswith(a) else 0.0 for c, a in zip(completions, answer)]
+
+
+def nan(prompts, completions, **columns):
+    return [float("nan")] * len(completions)
+
+
+def none(prompts, completions, **columns):
+    return [None] * len(completions)
+
+
+class Exact(JsonlTask):
+    name = "exact"
+    system_prompt = "Answer."
+    files = {"train": "train.jsonl", "test": "test.jsonl"}
+    reward_function = staticmethod(exact)
+
+
+class NaN(Exact):
+    reward_function = staticmethod(nan)
+
+
+class Nothing(Exact):
+    reward_function = staticmethod(none)
+
+
+class NoColumn(Exact):  # its rows hold `gold`, its reward needs `answer`
+    files = {"train": "train-gold.jsonl", "test": "test-gold.jsonl"}
+
+
+class Latin1(Exact):
+    files = {"train": "train.jsonl", "test": "latin1.jsonl"}
+
+
+class RaisesInInit(Exact):
+    def __init__(self):
+        raise RuntimeError("no data today")
+
+
+class NotATask:
+    def __init__(self):
+        open("constructed", "w").close()
+'''
+
+
+def _task_dir(t: Path) -> None:
+    (t / "round3tasks.py").write_text(_TASK_MODULE)
+    (t / "round3_zero.py").write_text("x = 1 / 0\n")
+    (t / "round3_syntax.py").write_text("def broken(:\n")
+    for split in ("train", "test"):
+        rows = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(16)]
+        _jsonl(t, f"{split}.jsonl", rows[:8] if split == "train" else rows[8:])
+        _jsonl(t, f"{split}-gold.jsonl", [{"question": r["question"], "gold": r["answer"]} for r in rows])
+    _file(t, "latin1.jsonl", '{"question": "Caf\xe9?", "answer": "1"}\n'.encode("latin-1"))
+
+
+@pytest.mark.parametrize(("task", "expect"), [
+    ("round3_zero:Task", "cannot import Task from round3_zero (ZeroDivisionError: division by zero)"),
+    ("round3_syntax:Task", "cannot import Task from round3_syntax (SyntaxError"),
+    ("round3tasks:RaisesInInit", "constructing RaisesInInit() failed (RuntimeError: no data today)"),
+    ("round3tasks:NotATask", "is the class NotATask, not an esgrpo.tasks.Task subclass"),
+    ("subprocess:Popen", "is the class Popen, not an esgrpo.tasks.Task subclass"),
+    ("round3tasks:Latin1", "latin1.jsonl, line 1: not UTF-8 text"),
+])
+def test_a_task_of_your_own_that_breaks_is_one_line(task, expect, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _task_dir(tmp_path)
+    before = set(tmp_path.rglob("*"))
+    code = main(["eval", "tiny", "--tasks", task, "--n", "2", "--out", str(tmp_path / "out")])
+    _check_one_line_error(code, capsys.readouterr().err, expect)
+    assert not (tmp_path / "constructed").exists()  # nothing but a Task subclass is ever called
+    assert {p for p in tmp_path.rglob("*") if "__pycache__" not in p.parts} <= before
+
+
+@pytest.mark.parametrize(("task", "first"), [
+    ("round3tasks:NaN", "returned nan"),
+    ("round3tasks:Nothing", "returned None"),
+    ("round3tasks:NoColumn", "raised TypeError"),
+])
+def test_a_reward_that_fails_for_most_of_a_batch_stops_the_evaluation(task, first, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _task_dir(tmp_path)
+    code = main(["eval", "tiny", "--tasks", task, "--n", "4", "--generation.max_new_tokens", "4",
+                 "--out", str(tmp_path / "out")])
+    last = _check_one_line_error(code, capsys.readouterr().err, "the reward failed for 4 of the 4 responses")
+    assert first in last
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_reward_that_fails_stops_training_and_the_run_resumes_once_it_is_fixed(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _task_dir(tmp_path)
+    out = tmp_path / "out"
+    argv = ["train", "es", "--task", "round3tasks:Exact", *ES_SMALL, "--es.iterations", "1", "--out", str(out)]
+    import round3tasks
+
+    monkeypatch.setattr(round3tasks.Exact, "reward_function", staticmethod(round3tasks.nan))
+    _check_one_line_error(main(argv), capsys.readouterr().err, "the reward failed for 8 of the 8")
+    assert not (out / "results.json").exists() and not (out / "updates.jsonl").exists()
+    monkeypatch.setattr(round3tasks.Exact, "reward_function", staticmethod(round3tasks.exact))
+    assert main(argv) == 0
+    assert json.loads((out / "results.json").read_text())["reward_errors"] == 0
+
+
+def test_a_few_failed_rewards_are_counted_and_said(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _task_dir(tmp_path)
+    import round3tasks
+
+    calls = iter(range(1000))
+
+    def one_in_four(prompts, completions, answer, **columns):  # esgrpo calls it once per response
+        return [None if next(calls) % 4 == 0 else 0.0 for _ in completions]
+
+    monkeypatch.setattr(round3tasks.Exact, "reward_function", staticmethod(one_in_four))
+    code = main(["eval", "tiny", "--tasks", "round3tasks:Exact", "--n", "4", "--generation.max_new_tokens", "4",
+                 "--out", str(tmp_path / "out")])
+    assert code == 0
+    assert "[eval round3tasks:Exact] 1 of 4 rewards failed and scored 0" in capsys.readouterr().err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["tasks"]["round3tasks:Exact"]["reward_errors"] == 1
+
+
+@pytest.fixture(scope="module")
+def es_run(tmp_path_factory):
+    """A finished one-iteration ES run of the tiny model (replay's input)."""
+    out = tmp_path_factory.mktemp("es") / "run"
+    assert main(["train", "es", "--task", "math", *ES_SMALL, "--es.iterations", "1", "--out", str(out)]) == 0
+    return out
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["checkpoints/step-000000", "checkpoints/final", "checkpoints/new"])
+def test_replay_never_writes_into_a_checkpoint_of_the_run(es_run, where, capsys):
+    before = _snapshot(es_run)
+    code = main(["replay", str(es_run), "--out", str(es_run / where)])
+    _check_one_line_error(code, capsys.readouterr().err, "is inside the run's checkpoints")
+    assert _snapshot(es_run) == before
+
+
+def test_replay_never_writes_over_another_checkpoint(es_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    code = main(["replay", str(es_run), "--out", str(other)])
+    _check_one_line_error(code, capsys.readouterr().err, "already holds a checkpoint that replay did not write")
+    assert [p.name for p in other.iterdir()] == ["config.json"]
+
+
+def test_replay_of_a_log_with_a_nan_coefficient_leaves_nothing(es_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(es_run, run)
+    row = json.loads((run / "updates.jsonl").read_text())
+    row["coefs"][1] = math.nan
+    (run / "updates.jsonl").write_text(json.dumps(row) + "\n")
+    before = _snapshot(run)
+    for out in ([], ["--out", str(tmp_path / "new" / "deeper")]):
+        code = main(["replay", str(run), *out])
+        _check_one_line_error(code, capsys.readouterr().err, "line 1: coefficient nan is not a finite number")
+    assert _snapshot(run) == before and not (tmp_path / "new").exists()
+
+
+def test_replay_may_rewrite_its_own_output(es_run, tmp_path, capsys):
+    out = tmp_path / "replayed"
+    for _ in range(2):
+        assert main(["replay", str(es_run), "--out", str(out)]) == 0
+        assert '"matches_final": true' in capsys.readouterr().out
+    assert not list(tmp_path.glob(".*partial*"))

@@ -356,9 +356,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def join_negative_values(argv: list[str]) -> list[str]:
+    """`--grpo.lr -3e-4` -> `--grpo.lr=-3e-4`: argparse reads a token that starts with '-' and is not a plain
+    decimal ('-3e-4', '-inf', '-nan') as another flag and says "expected one argument"; joined to its flag,
+    the value reaches the config checks, which name the key and what is allowed."""
+    out: list[str] = []
+    for token in argv:
+        prev = out[-1] if out else ""
+        if (token.startswith("-") and prev.startswith("--") and "=" not in prev and prev != "--"
+                and _is_number(token)):
+            out[-1] = f"{prev}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
         args.func(args)
     except EsgrpoError as e:

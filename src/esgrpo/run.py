@@ -41,6 +41,13 @@ def _say(msg: str) -> None:
     print(f"[train] {msg}", file=sys.stderr, flush=True)
 
 
+def say_reward_failures(where: str, failed: int, total: int) -> None:
+    """Always say when rewards failed (each scored 0): a few failures do not stop a run, but they bias it."""
+    if failed:
+        print(f"[{where}] {failed} of {total} rewards failed and scored 0 (a run stops when more than half of a "
+              "batch fails; README: When a reward fails)", file=sys.stderr, flush=True)
+
+
 def _budget_state(method: Method, cfg: TrainConfig, done: dict[str, Any] | None) -> str:
     """'finished' (the config's budget is spent), 'extend' (it is larger than what was run), 'shrink'."""
     if method == "es":
@@ -128,6 +135,10 @@ def run_training(method: Method, cfg: TrainConfig, run_path: str | Path | None =
         tasks = {t: make_task(t, cfg.prompt, cfg.data) for t in test}
         evals = evaluate_checkpoints(run, ckpts, cfg.model, cfg.generation, test, trust_unstamped=not trained,
                                      tasks=tasks)
+        say_reward_failures(f"train {method}", results.get("reward_errors", 0), results.get("rollouts", 0))
+        for label, by_task in evals.items():
+            for t, r in by_task.items():
+                say_reward_failures(f"eval {label} {t}", r.get("reward_errors", 0), r.get("n", 0))
         return {"train": results, "eval": evals, "run": str(run.path), "trained": trained}
 
 
@@ -225,6 +236,8 @@ def run_eval(cfg: EvalConfig, run_path: str | Path | None = None, tiny: TinyMode
                "parameters": policy.num_parameters(), "tasks": res, "seconds": time.time() - t0}
         run.write_results(out)
     print(format_accuracy_table({cfg.model.name: res}))
+    for t, r in res.items():
+        say_reward_failures(f"eval {t}", r["reward_errors"], r["n"])
     print(f"[eval] results in {path}", file=sys.stderr)
     return out
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from esgrpo.config import dump_yaml, from_dict, identity, identity_changes, read_yaml
-from esgrpo.errors import ConfigError, EsgrpoError
+from esgrpo.errors import ConfigError, EsgrpoError, brief
 
 RECORD_FILES = ("config.yaml", "inputs.json", "meta.json", ".lock")  # what is not "work"
 
@@ -336,7 +336,14 @@ def os_reason(e: OSError) -> str:
         e.errno, e.strerror or str(e))
 
 
+_WRITE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO, errno.EPERM)
+
+
 def disk_error(e: OSError, path: Path | str) -> EsgrpoError:
-    """One line for an OSError while writing results (full disk, read-only file system, permissions)."""
-    return EsgrpoError(f"cannot write {getattr(e, 'filename', None) or path}: {os_reason(e)}; finished work is on "
-                       "disk and a rerun resumes from the last checkpoint")
+    """One line for an OSError (full disk, read-only file system, permissions; a path the file system refuses).
+    The path is echoed cut short: a path can be as long as the user made it."""
+    where = brief(str(getattr(e, "filename", None) or path))
+    if e.errno in _WRITE_ERRORS:
+        return EsgrpoError(f"cannot write {where}: {os_reason(e)}; finished work is on disk and a rerun resumes "
+                           "from the last checkpoint")
+    return EsgrpoError(f"file system error on {where}: {os_reason(e)}")

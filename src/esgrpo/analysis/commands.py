@@ -34,6 +34,10 @@ def weight_analysis(what: str, paths: list[str], atol: float = 0.0, top_k: int =
         out = weights.update_norms(*paths)
     elif what == "cosine":
         out = weights.cosine(*paths)
+        zero = [p for p, z in zip(paths[1:], (out["zero_delta"]["a"], out["zero_delta"]["b"]), strict=True) if z]
+        if zero:  # the study records NaN for it; asked for on the command line, it is an error
+            raise EsgrpoError(f"analyze cosine: {zero[0]} equals the base {paths[0]} (a zero update), so the cosine "
+                              "is undefined")
     else:
         out = weights.sparsity(*paths, atol=atol)
     return out if full else {k: v for k, v in out.items() if k not in ("per_tensor", "per_matrix")}

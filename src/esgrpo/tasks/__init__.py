@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from esgrpo.config.schema import TASK_HELP, TASK_NAMES, is_task
-from esgrpo.errors import ConfigError, DataSourceError
+from esgrpo.errors import ConfigError, DataSourceError, brief, clip
 from esgrpo.tasks.base import Example, Scores, Task, score_responses
 from esgrpo.tasks.boolq import BoolQTask
 from esgrpo.tasks.chemistry import ChemistryTask
@@ -34,17 +34,28 @@ def get_task(name: str) -> Task:
     if cls is not None:
         return cls()
     if not is_task(name):
-        raise ConfigError(f"unknown task {name!r}; allowed: {TASK_HELP}")
+        raise ConfigError(f"unknown task {brief(name)}; allowed: {TASK_HELP}")
     import importlib
 
     module, _, attr = name.partition(":")
+    # A module of your own can fail in any way on import (a syntax error, a ZeroDivisionError at top level):
+    # all of them are one line naming the task. Only an esgrpo Task subclass or instance is ever constructed
+    # or used: `subprocess:Popen` must be refused before anything is called.
     try:
         found = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"task {name!r}: cannot import {attr} from {module} ({type(e).__name__}: {e})") from None
-    task = found() if isinstance(found, type) else found
-    if not isinstance(task, Task):
-        raise ConfigError(f"task {name!r} is a {type(task).__name__}, not an esgrpo.tasks.Task")
+    except Exception as e:
+        raise ConfigError(f"task {name!r}: cannot import {attr} from {module} ({type(e).__name__}: "
+                          f"{clip(str(e))})") from None
+    if isinstance(found, Task):
+        return found
+    if not (isinstance(found, type) and issubclass(found, Task)):
+        what = f"the class {found.__name__}" if isinstance(found, type) else f"a {type(found).__name__}"
+        raise ConfigError(f"task {name!r} is {what}, not an esgrpo.tasks.Task subclass")
+    try:
+        task = found()
+    except Exception as e:
+        raise ConfigError(f"task {name!r}: constructing {attr}() failed ({type(e).__name__}: {clip(str(e))})") \
+            from None
     return task
 
 

@@ -6,7 +6,10 @@ paper's binary correctness reward.
 
 Model output is untrusted: every response is scored through `score_responses`, the one scoring
 path of the ES scorer, GRPO and evaluation. A reward that raises or returns something other than
-a finite number scores 0 there and is counted (`reward_errors` in the metrics), never fatal.
+a finite number scores 0 there and is counted (`reward_errors` in the metrics and results). When more
+than half of the rewards of one batch fail, the reward is broken rather than the response: the run
+stops with a RewardError naming the task, the count and the first failure (an accuracy of 0 would
+otherwise be reported as if measured).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from esgrpo.errors import EsgrpoError, brief, clip
 
 Split = Literal["train", "test", "pretrain"]
 DemoKind = Literal["correct", "wrong", "slip"]
@@ -104,6 +109,14 @@ class Task(ABC):
         raise NotImplementedError(f"task {self.name!r} has no demonstrations (only needed to build the tiny model)")
 
 
+# More than this share of one batch's rewards failing stops the run (README: "When a reward fails").
+REWARD_FAILURE_LIMIT = 0.5
+
+
+class RewardError(EsgrpoError):
+    """A task's reward failed for most responses of a batch: the reward, not the model, is at fault."""
+
+
 @dataclass
 class Scores:
     """Rewards of a batch of responses, and how many of them failed (scored 0)."""
@@ -120,17 +133,35 @@ def score_responses(task: Task, texts: Sequence[str], examples: Sequence[Example
     """The task's reward for each (response, example): the one reward-failure policy of esgrpo.
 
     A reward that raises (any Exception, including RecursionError and MemoryError), or returns a
-    value that is not a finite number, scores 0.0 and is counted in `errors`.
+    value that is not a finite number, scores 0.0 and is counted in `errors`; more than
+    REWARD_FAILURE_LIMIT of the batch failing raises RewardError.
     """
     if len(texts) != len(examples):
         raise ValueError(f"{len(texts)} responses for {len(examples)} examples")
-    rewards, errors = [], 0
+    rewards: list[float] = []
+    failures: list[str] = []  # why each failed reward failed, with its example
     for text, ex in zip(texts, examples, strict=True):
         try:
-            r = float(task.reward(text, ex))
-            ok = math.isfinite(r)
-        except Exception:
-            r, ok = 0.0, False
-        rewards.append(r if ok else 0.0)
-        errors += not ok
-    return Scores(rewards, errors)
+            value = task.reward(text, ex)
+        except Exception as e:
+            rewards.append(0.0)
+            failures.append(f"raised {type(e).__name__}: {clip(str(e))} on {brief(ex.uid)}")
+            continue
+        r = _as_number(value)
+        rewards.append(r if r is not None else 0.0)
+        if r is None:
+            failures.append(f"returned {brief(value)} on {brief(ex.uid)}")
+    if len(failures) > REWARD_FAILURE_LIMIT * len(rewards):
+        raise RewardError(f"task {task.name!r}: the reward failed for {len(failures)} of the {len(rewards)} responses "
+                          f"of a batch (first: {failures[0]}); a run stops when more than half of a batch fails, "
+                          "since its accuracy would measure the reward, not the model")
+    return Scores(rewards, len(failures))
+
+
+def _as_number(value: Any) -> float | None:
+    """A reward's value as a finite float, or None (None, NaN, a string, an object that cannot convert)."""
+    try:
+        r = float(value)
+    except Exception:
+        return None
+    return r if math.isfinite(r) else None

@@ -48,10 +48,15 @@ class JsonlTask(Task):
         if not p.is_file():
             raise DataSourceError(f"task {self.name!r}: {split} file {p} not found")
         out = []
-        with open(p, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
+        with open(p, "rb") as f:  # bytes, so that a line that is not UTF-8 is named like any other bad line
+            for line_no, raw in enumerate(f, start=1):
                 if len(out) >= n:
                     break
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataSourceError(f"{p}, line {line_no}: not UTF-8 text (byte {e.start}: {e.reason})") \
+                        from None
                 if not line.strip():
                     continue
                 try:
@@ -66,5 +71,5 @@ class JsonlTask(Task):
 
     def reward(self, text: str, example: Example) -> float:
         columns: dict[str, Any] = {k: [v] for k, v in example.target.items()}
-        return float(type(self).reward_function([[{"role": "user", "content": example.question}]], [text],
-                                                **columns)[0])
+        # The value as returned (None, NaN, a string...): score_responses says what a failed reward returned.
+        return type(self).reward_function([[{"role": "user", "content": example.question}]], [text], **columns)[0]

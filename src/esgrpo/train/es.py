@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -344,8 +346,20 @@ def read_updates(updates_jsonl: str | Path) -> list[dict[str, Any]]:
                               "damaged")
         if not len(row["seeds"]) == len(row["signs"]) == len(row["coefs"]):
             raise EsgrpoError(f"{updates_jsonl}, line {i}: seeds, signs and coefs differ in length")
+        _check_row_values(row, f"{updates_jsonl}, line {i}")
         check_noise_version(row, f"{updates_jsonl}, line {i}")
     return rows
+
+
+def _check_row_values(row: dict[str, Any], where: str) -> None:
+    """Integer seeds, signs +-1 and finite coefficients: anything else would write ruined weights."""
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in row["seeds"]):
+        raise EsgrpoError(f"{where}: a seed is not an integer; the log is damaged")
+    if not all(s in (1, -1) and not isinstance(s, bool) for s in row["signs"]):
+        raise EsgrpoError(f"{where}: a sign is not +1 or -1; the log is damaged")
+    bad = [c for c in row["coefs"] if isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c)]
+    if bad:
+        raise EsgrpoError(f"{where}: coefficient {bad[0]!r} is not a finite number; the log is damaged")
 
 
 def check_noise_version(row: dict[str, Any], where: str) -> None:
@@ -392,6 +406,28 @@ def replay(base_checkpoint_dir: str | Path, updates_jsonl: str | Path, out_dir: 
     return policy
 
 
+REPLAY_MARKER = "replayed-from.json"  # in a directory `esgrpo replay` wrote (and may therefore write again)
+
+
+def _check_replay_target(run_dir: Path, out: Path, default_out: Path) -> None:
+    """Never write replayed weights into a run's checkpoints or over any checkpoint that replay did not write:
+    `--out RUN/checkpoints/step-000000` would overwrite the base that replay and the weight analyses read."""
+    target = out.resolve()
+    if target.is_relative_to((run_dir / "checkpoints").resolve()):
+        raise EsgrpoError(f"--out {out} is inside the run's checkpoints; replay writes elsewhere (default "
+                          f"{default_out})")
+    if target.is_file():
+        raise EsgrpoError(f"--out {out} is a file; give a directory that does not exist yet")
+    is_checkpoint = target.is_dir() and any((target / f).exists() for f in ("config.json", "model.safetensors",
+                                                                               "trainer_state.json"))
+    if is_checkpoint and not (target / REPLAY_MARKER).exists() and target != default_out.resolve():
+        raise EsgrpoError(f"--out {out} already holds a checkpoint that replay did not write; give a directory "
+                          "that does not exist yet")
+    if target.is_dir() and not is_checkpoint and any(target.iterdir()):
+        raise EsgrpoError(f"--out {out} is a directory with other files in it; give a directory that does not "
+                          "exist yet")
+
+
 def replay_run(run_dir: str | Path, out_dir: str | Path | None = None, upto: int | None = None,
                base: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """`esgrpo replay RUN_DIR`: rebuild a run's weights from step-000000 + updates.jsonl.
@@ -412,9 +448,26 @@ def replay_run(run_dir: str | Path, out_dir: str | Path | None = None, upto: int
     if not base.exists():
         raise EsgrpoError(f"base checkpoint {base} not found (the run was trained with es.save_base=false?); "
                           "pass the base model's directory with --base")
-    out = Path(out_dir) if out_dir is not None else run_dir / "replay"
-    n_logged = len(read_updates(updates))
-    replay(base, updates, out, upto=upto, device=device)
+    default_out = run_dir / "replay"
+    out = Path(out_dir) if out_dir is not None else default_out
+    _check_replay_target(run_dir, out, default_out)
+    rows = read_updates(updates)  # a damaged log fails here, before anything is written
+    n_logged = len(rows)
+    # Written next to `out` and renamed into place once complete: a replay that fails leaves nothing behind.
+    partial = out.parent / f".{out.name}.partial"
+    created = next((p for p in reversed([out.parent, *out.parent.parents]) if not p.exists()), None)
+    try:
+        replay(base, updates, partial, upto=upto, device=device)
+        (partial / REPLAY_MARKER).write_text(json.dumps({"run": str(run_dir), "upto": upto}) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+    except BaseException:
+        if created is not None:  # the folders made for --out go too
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     final = run_dir / "checkpoints" / "final"
     done = n_logged if upto is None else upto
     matches = same_weights(out, final) if final.exists() and done == n_logged else None

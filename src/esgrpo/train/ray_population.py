@@ -219,6 +219,11 @@ class RayPopulationEvaluator:
                 # 4. A dead worker: its member goes back in the queue, a replacement takes its slot.
                 todo.appendleft(i)
                 self._replace(slot, e, rows, batch_ref)
+            except ray.exceptions.RayTaskError as e:  # e.g. a RewardError: the worker's one-line error, as is
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, EsgrpoError):
+                    raise cause from None
+                raise
             else:
                 received += _size(out)
                 _, fitness, rollouts, tokens, errors, seconds = out
