@@ -13,7 +13,7 @@ from esgrpo.rewards import boolq_reward, countdown_reward, last_boxed, math_rewa
 from esgrpo.rewards.countdown import MAX_ABS_VALUE, evaluate_expression
 from esgrpo.rewards.extract import TAIL_CHARS
 from esgrpo.rewards.math import normalize_answer, parse_number
-from esgrpo.rewards.mcq import extract_choice
+from esgrpo.rewards.mcq import answer_field, extract_choice
 
 ADVERSARIAL = [
     "",
@@ -65,6 +65,16 @@ ADVERSARIAL = [
     r"\boxed{" + r"\frac{" * 5_000 + "}",
     r"\boxed{\frac{1}{0}}",
     r"\boxed{" + "1," * 5_000 + "}",
+    "A or " * 20_000,
+    "(a) or " * 15_000,
+    "answer: A or " * 8_000,
+    '"answer": "' + "A or B " * 9 + '"' + ' "answer": "C' * 5_000,
+    r"\boxed{" + "{" * 5_000 + "yes" + "}" * 5_000 + "}",
+    r"\boxed{5" + r"\text{ cm}^2" * 2_000 + "}",
+    r"\boxed{1e" + "9" * 5_000 + "}",
+    r"\boxed{5\times10^{" + "9" * 5_000 + "}}",
+    r"\boxed{" + "-+" * 120 + "(3*5+7)}",
+    r"\boxed{" + "!" * 60 + "}",
 ]
 JUNK = [None, 123, 1.5, b"\\boxed{3}", ["\\boxed{3}"], {"text": "\\boxed{3}"}, object()]
 
@@ -162,8 +172,9 @@ def test_countdown_fractions_and_negative_intermediates_allowed():
         r"\boxed{3*5+7+3}",  # a number used twice
         r"\boxed{3*5}",  # a number unused
         r"\boxed{3*5+7=22}",  # equation, not expression
-        r"\boxed{-3+5*5}",  # unary minus rejected
-        r"\boxed{+3*5+7}",  # unary plus rejected
+        r"\boxed{-3+5*5}",  # a sign uses no number: 5 is still used twice, 7 not at all
+        r"\boxed{-3*5+7}",  # -8
+        r"\boxed{-(3*5+7)}",  # -22
         r"\boxed{3*5+7.0}",  # float
         r"\boxed{3 \times 5 + 7}",  # LaTeX operators are not accepted
         r"\boxed{x*5+7}",
@@ -179,6 +190,35 @@ def test_countdown_fractions_and_negative_intermediates_allowed():
 )
 def test_countdown_wrong(text):
     assert countdown_reward(text, [3, 5, 7], 22) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "nums", "target"),
+    [
+        (r"\boxed{-3+5*5}", [3, 5, 5], 22),
+        (r"\boxed{-(2-9)+7}", [2, 7, 9], 14),
+        (r"\boxed{7-(-(2-9))+14}", [2, 7, 9, 14], 14),
+        (r"\boxed{--4+3}", [3, 4], 7),
+        (r"\boxed{12+-5}", [5, 12], 7),
+        (r"\boxed{+3*5+7}", [3, 5, 7], 22),
+        (r"\boxed{-3*-5+7}", [3, 5, 7], 22),
+    ],
+)
+def test_countdown_unary_signs_accepted(text, nums, target):
+    """Decided: a unary minus (or plus) on a number or sub-expression is accepted, as the paper's eval()
+    and TinyZero-style rewards do; each number must still be used exactly once."""
+    assert countdown_reward(text, nums, target) == 1.0
+    assert countdown_reward(text, nums, target + 1) == 0.0
+    assert countdown_reward(text, nums + [1], target) == 0.0
+
+
+def test_countdown_sign_chains_are_bounded():
+    value, literals = evaluate_expression("-" * 255 + "1")
+    assert value == -1 and literals == [1]
+    assert evaluate_expression("-" * 300 + "1") is None  # longer than MAX_EXPR_CHARS
+    assert countdown_reward(r"\boxed{" + "-" * 240 + "(3*5+7)}", [3, 5, 7], 22) == 1.0
+    assert countdown_reward(r"\boxed{-+-+3*5+7}", [3, 5, 7], 22) == 1.0
+    assert countdown_reward(r"\boxed{3*5+7-}", [3, 5, 7], 22) == 0.0  # a dangling sign is a syntax error
 
 
 def test_countdown_division_by_zero_and_bounds():
@@ -227,6 +267,19 @@ def test_countdown_bad_target_types_score_zero():
         (r"2\!\sqrt{3}", r"2\sqrt{3}"),
         (r"\text{Monday}", "Monday"),
         (r"\mbox{yes}", r"\text{yes}"),
+        # exponent forms
+        ("5.000000e-01", r"\frac{1}{2}"),
+        ("1e3", "1000"),
+        ("1.5E+2", "150"),
+        ("-2.5e-1", r"-\frac{1}{4}"),
+        (r"5 \times 10^{-1}", "0.5"),
+        (r"3\cdot 10^3", "3000"),
+        # a `\text{}` that is the answer is not a unit
+        (r"\$\text{(B)}", r"\text{(B)}"),
+        (r"\$ \text{(B)}", "(B)"),
+        (r"5\text{ cm}^2", "5"),
+        (r"12\text{ units}^{3}", r"12\text{ units}^3"),
+        (r"\textit{Monday}", "Monday"),
     ],
 )
 def test_math_equivalent(boxed, gold):
@@ -245,6 +298,12 @@ def test_math_equivalent(boxed, gold):
         (r"\boxed{}", ""),
         (r"\boxed{2\sqrt{3}}", r"\sqrt{12}"),  # no symbolic equivalence
         (r"\boxed{1,2}", "12"),
+        (r"\boxed{5.1e-01}", r"\frac{1}{2}"),
+        (r"\boxed{1e1000}", "1"),  # an exponent of more than three digits is not a number
+        (r"\boxed{e5}", "100000"),
+        (r"\boxed{5\times10^{-2}}", "0.5"),
+        (r"\boxed{\$\text{(B)}}", r"\text{(C)}"),
+        (r"\boxed{x^2}", "x"),  # `^2` goes only with a unit
     ],
 )
 def test_math_not_equivalent(text, gold):
@@ -262,6 +321,11 @@ def test_math_normalize_and_parse():
     assert parse_number("1,234.5") == parse_number("2469/2")
     assert parse_number("1" * 100) is None
     assert parse_number("abc") is None
+    assert parse_number("1e5") == 100_000 and parse_number("2.5e-1") == parse_number("1/4")
+    assert parse_number("1e999") == 10**999 and parse_number("1e1000") is None
+    assert parse_number(r"5\times10^{-1}") == parse_number("0.5")
+    assert normalize_answer(r"\$\text{(B)}") == "(B)"
+    assert normalize_answer(r"7\text{ cm}^2") == "7"
 
 
 # --- chemistry MCQ ---------------------------------------------------------------------------
@@ -291,7 +355,8 @@ def test_mcq_extraction(text, letter):
 
 @pytest.mark.parametrize(
     "text",
-    ["answer: iron", "The answer is Boron.", "answer: a mixture", "ABCD", "E", "answer: E", "", "(c)"],
+    ["answer: iron", "The answer is Boron.", "answer: a mixture", "ABCD", "E", "answer: E", "", "c", "it is a metal",
+     '"answer": "Boron"', '"answer": "a mixture"'],
 )
 def test_mcq_no_choice(text):
     assert extract_choice(text) is None
@@ -305,6 +370,63 @@ def test_mcq_lowercase_letter_that_ends_the_answer_counts(text, letter):
     """`answer: b` with gold B scored 0: a lone lowercase letter that ends the response is the choice."""
     assert extract_choice(text) == letter
     assert mcq_reward(text, letter) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [
+        ("The answer is (c).", "C"),
+        ("So (d)", "D"),
+        ("the answer is c.", "C"),
+        ("(a) is a gas, (b) a metal. The answer is (b).", "B"),
+        ('"answer": "c"', "C"),
+        ('"answer": "(C)"', "C"),
+        ('"answer": "C) Iron"', "C"),
+        ('"answer": "D. None of the above"', "D"),
+        ('"answer": C', "C"),
+        ("'answer': 'b'", "B"),
+        ("Between B and C, the second fits. So C", "C"),  # `and` in prose is not a hedge
+        ("Between B and C, the second fits.", "C"),
+        ("A or B? Neither: the answer is C.", "C"),
+    ],
+)
+def test_mcq_letter_forms(text, letter):
+    assert extract_choice(text) == letter
+    for gold in "ABCD":
+        assert mcq_reward(text, gold) == (1.0 if gold == letter else 0.0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"answer": "A or B"',
+        '"answer": "C and D"',
+        '"answer": "B/C"',
+        '"answer": "A, B"',
+        '"answer": "a or b"',
+        '"answer": "Both A and B"',
+        '"answer": "C" ... on reflection "answer": "C or D"',  # the last field hedges
+        "Answer: A or B",
+        "answer: C and D",
+        "**Answer:** B/C",
+        "The answer is A or B.",
+        "It is either (a) or (b).",
+        "A/B",
+    ],
+)
+def test_mcq_hedge_scores_zero_for_every_gold(text):
+    """A hedge credited its last letter (`"answer": "A or B"` for B, `"C and D"` for D); the paper's
+    code credits its first. A hedge is not an answer."""
+    assert extract_choice(text) is None
+    for gold in "ABCD":
+        assert mcq_reward(text, gold) == 0.0
+
+
+def test_mcq_answer_field_of_a_hedge_is_none():
+    assert answer_field('"answer": "A or B"') is None
+    assert answer_field("Answer: A or B") is None
+    assert answer_field('"answer": "B"') == "B"
+    assert answer_field("answer: B, not C") == "B"
 
 
 def test_mcq_lowercase_word_after_the_key_is_not_a_choice():
@@ -342,6 +464,26 @@ def test_mcq_gold_letter_validation():
         (r"\boxed{yes.}", True),
         (r"\boxed{no} hmm, actually \boxed{yes}", True),
         (r"\boxed{\boxed{no}}", False),
+        # the paper's synonym set, punctuation ignored
+        (r"\boxed{No!}", False),
+        (r"\boxed{YES!}", True),
+        (r"\boxed{yes?}", True),
+        (r'\boxed{"no"}', False),
+        (r"\boxed{(no)}", False),
+        (r"\boxed{**yes**}", True),
+        (r"\boxed{correct}", True),
+        (r"\boxed{Right}", True),
+        (r"\boxed{incorrect}", False),
+        (r"\boxed{wrong.}", False),
+        (r"\boxed{1}", True),
+        (r"\boxed{0}", False),
+        (r"\boxed{{no}}", False),
+        (r"\boxed{{{yes}}}", True),
+        (r"\boxed{yes .}", True),
+        (r"\boxed{\text{No!}}", False),
+        (r"\boxed{\textbf{yes}}", True),
+        (r"\boxed{\textit{no}}", False),
+        ("\\boxed{¡no!}", False),
     ],
 )
 def test_boolq_correct(text, gold):
@@ -351,10 +493,17 @@ def test_boolq_correct(text, gold):
 
 @pytest.mark.parametrize(
     "text",
-    ["yes", "Answer: yes", r"\boxed{maybe}", r"\boxed{yes and no}", r"\boxed{y}", r"\boxed{yes} \boxed{no}"],
+    ["yes", "Answer: yes", r"\boxed{maybe}", r"\boxed{yes and no}", r"\boxed{y}", r"\boxed{yes} \boxed{no}",
+     r"\boxed{1.0}", r"\boxed{10}", r"\boxed{yes no}", r"\boxed{not correct}", r"\boxed{yes, because}",
+     r"\boxed{2}", r"\boxed{affirmative}", r"\boxed{\text{yes}\text{no}}", r"\boxed{-1}", r"\boxed{+1}",
+     "\\boxed{\u22121}"],
 )
 def test_boolq_wrong(text):
     assert boolq_reward(text, True) == 0.0
+
+
+def test_boolq_a_signed_zero_is_not_no():
+    assert boolq_reward(r"\boxed{-0}", False) == 0.0 and boolq_reward(r"\boxed{0}", False) == 1.0
 
 
 def test_boolq_gold_coerced_like_the_other_rewards():

@@ -1,22 +1,33 @@
 """BoolQ reward: the last `\\boxed{yes}` / `\\boxed{no}` equals the gold boolean.
 
-`true`/`false` are accepted as synonyms; case, surrounding whitespace, `\\text{}` wrappers,
-quotes and a trailing period are ignored. Anything else in the box scores 0.
+The synonym set is the paper's: yes/true/1/correct/right and no/false/0/incorrect/wrong. As in the
+paper's scorer, case and all punctuation are ignored (`No!`, `"yes."`, `(no)`, `**yes**`, `{no}` from
+`\\boxed{{no}}`); unlike it, `\\text{}`-style wrappers are unwrapped first (`\\text{yes}` is yes) and
+whitespace left where punctuation was removed is stripped (`yes .`), and a signed number is not a
+synonym (`-1` and `+0` score 0, where the paper's code strips the sign). Anything else scores 0.
 """
 
 from __future__ import annotations
 
+import re
+
 from esgrpo.rewards.extract import last_boxed, safe_reward, unwrap_text
 
-_YES = frozenset({"yes", "true"})
-_NO = frozenset({"no", "false"})
+_YES = frozenset({"yes", "true", "1", "correct", "right"})
+_NO = frozenset({"no", "false", "0", "incorrect", "wrong"})
+# Unicode-aware like the paper's `[^\w\s]`: `¡no!` and `yes。` lose their punctuation too.
+_PUNCTUATION_RE = re.compile(r"[^\w\s]")
+_SIGNED_NUMBER_RE = re.compile(r"\s*[-+\u2212]\s*\d")
 
 
 def parse_yes_no(s: str | None) -> bool | None:
-    """True for yes/true, False for no/false (normalized), None for anything else."""
+    """True for a yes synonym, False for a no synonym (punctuation, case, wrappers ignored), else None."""
     if s is None or len(s) > 64:
         return None
-    word = unwrap_text(s).strip().strip("\"'`*").strip().rstrip(".").strip().lower()
+    text = unwrap_text(s)
+    if _SIGNED_NUMBER_RE.match(text):  # `-1` is a number, not a "1" with punctuation around it
+        return None
+    word = _PUNCTUATION_RE.sub("", text).strip().lower()
     if word in _YES:
         return True
     if word in _NO:

@@ -4,12 +4,13 @@ The public code of the paper eval()s model output; `9**9**9` then hangs the trai
 expression is parsed with `ast` and walked with a whitelist, evaluated exactly with Fractions
 under a length bound and a magnitude bound on every intermediate value.
 
-Accepted grammar: non-negative integer literals (not bool), binary + - * /, parentheses and
-whitespace. Rejected: `**`, `//`, `%`, unary + and - (the given numbers are positive and any
-expression with a unary minus that hits a positive target can be rewritten without one, as in
-TinyZero, which allows nothing beyond the numbers and the four operations), names, calls,
-floats, `\\times`-style LaTeX, `=`. Division by zero, or a number used a wrong number of times,
-scores 0. Intermediate values may be negative or fractional (`(8-2)/3*...`).
+Accepted grammar: non-negative integer literals (not bool), binary + - * /, unary - and + on a
+number or a parenthesized sub-expression (`-3+5*5`, `7-(-(2-9))`, `--4`: the paper's scorer and
+TinyZero-style Countdown rewards accept them, their character filters let a sign through and eval()
+computes it; a sign uses no number, so "each number exactly once" still holds), parentheses and
+whitespace. Rejected: `**`, `//`, `%`, names, calls, floats, `\\times`-style LaTeX, `=`. Division by
+zero, or a number used a wrong number of times, scores 0. Intermediate values may be negative or
+fractional (`(8-2)/3*...`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ MAX_PAREN_DEPTH = 32
 
 _ALLOWED_CHARS = re.compile(r"[0-9+\-*/() \t\n]+")
 _OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div)
+_SIGNS = (ast.USub, ast.UAdd)
 
 
 class _Reject(Exception):
@@ -55,6 +57,10 @@ def _walk(node: ast.AST, literals: list[int]) -> Fraction:
             raise _Reject("literal")
         literals.append(v)
         return Fraction(v)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, _SIGNS):
+        # A chain of signs is bounded by MAX_EXPR_CHARS (ast.parse nests 255 of them without trouble).
+        v = _walk(node.operand, literals)
+        return -v if isinstance(node.op, ast.USub) else v
     if isinstance(node, ast.BinOp) and isinstance(node.op, _OPS):
         a = _walk(node.left, literals)
         b = _walk(node.right, literals)

@@ -18,7 +18,7 @@ TAIL_CHARS = 8192
 MAX_BOXED_CHARS = 1024
 
 _BOXED_TOKENS = re.compile(r"\\boxed\s*\{|\{|\}")
-_TEXT_WRAPPERS = ("\\text", "\\textbf", "\\textrm", "\\mathrm", "\\mathbf", "\\mbox")
+_TEXT_WRAPPERS = ("\\text", "\\textbf", "\\textrm", "\\textit", "\\emph", "\\mathrm", "\\mathbf", "\\mbox")
 
 
 def tail(text: str, n: int = TAIL_CHARS) -> str:

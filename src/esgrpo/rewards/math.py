@@ -1,9 +1,10 @@
 """Math reward: the last `\\boxed{...}` matches the gold answer after normalization.
 
 Two ways to match: equal normalized strings (LaTeX noise such as spaces, `\\left`, `\\!`, `$`,
-`\\text{}`, `\\dfrac`, degrees, percent signs and a trailing period removed), or equal numbers
-under a small safe parser (integers, decimals, `a/b`, `\\frac{a}{b}`, signs, thousands commas),
-compared exactly as Fractions. No eval and no sympy: symbolic equivalence is not attempted.
+`\\text{}`, `\\dfrac`, degrees, percent signs, a trailing unit after a number and a trailing period
+removed), or equal numbers under a small safe parser (integers, decimals, exponent forms `5e-01` and
+`5\\times10^{-1}`, `a/b`, `\\frac{a}{b}`, signs, thousands commas), compared exactly as Fractions.
+No eval and no sympy: symbolic equivalence is not attempted.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from esgrpo.rewards.extract import MAX_BOXED_CHARS, last_boxed, match_brace, saf
 
 MAX_NUMBER_CHARS = 64
 
-# ASCII digits only: `\d` would accept unicode digits such as '٣' or '３'.
-_NUM = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+# ASCII digits only: `\d` would accept unicode digits such as '٣' or '３'. An exponent has at most three
+# digits, so the exact Fraction of any accepted number stays small (10**999 at most).
+_NUM = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?"
 _NUM_RE = re.compile(_NUM)
+# `5\times10^{-1}`, `5\cdot 10^3` (spaces are already removed by normalize_answer).
+_TIMES_TEN_RE = re.compile(r"(" + _NUM + r")\\(?:times|cdot)10\^(?:\{([+-]?[0-9]{1,3})\}|([0-9]))")
 _THOUSANDS_RE = re.compile(r"[+-]?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?")
 _FRAC_RE = re.compile(r"([+-]?)\\frac\{(" + _NUM + r")\}\{(" + _NUM + r")\}")
 _SLASH_RE = re.compile(r"(" + _NUM + r")/(" + _NUM + r")")
@@ -25,6 +29,7 @@ _FRAC_SHORT_RE = re.compile(r"\\frac([0-9])([0-9])")
 _FRAC_HALF_SHORT_RE = re.compile(r"\\frac\{([^{}]*)\}([0-9a-zA-Z])")
 _SQRT_SHORT_RE = re.compile(r"\\sqrt([0-9a-zA-Z])")
 _LHS_RE = re.compile(r"[a-zA-Z](?:_[0-9a-zA-Z])?=")
+_UNIT_POWER_RE = re.compile(r"\^(?:[23]|\{[23]\})$")
 
 _REMOVE = (
     "\\left",
@@ -46,12 +51,20 @@ _REMOVE = (
 
 
 def _strip_trailing_unit(s: str) -> str:
-    """Drop a trailing `\\text{...}` unit group (`5\\text{ cm}` -> `5`) if something remains."""
+    """Drop a trailing `\\text{...}` unit group, squared or cubed or not (`5\\text{ cm}`, `5\\text{ cm}^2`
+    -> `5`), when more than LaTeX noise precedes it: in `\\$\\text{(B)}` the group is the answer."""
+    core = _UNIT_POWER_RE.sub("", s)
     for w in ("\\text{", "\\mbox{", "\\mathrm{"):
-        i = s.rfind(w)
-        if i > 0 and match_brace(s, i + len(w) - 1) == len(s) - 1:
-            return s[:i]
+        i = core.rfind(w)
+        if i > 0 and match_brace(core, i + len(w) - 1) == len(core) - 1 and _strip_noise(core[:i]):
+            return core[:i]
     return s
+
+
+def _strip_noise(s: str) -> str:
+    for token in _REMOVE:
+        s = s.replace(token, "")
+    return s.replace(" ", "").replace("\t", "")
 
 
 def normalize_answer(s: str) -> str:
@@ -59,10 +72,7 @@ def normalize_answer(s: str) -> str:
     s = s.strip().replace("\n", " ")
     s = _strip_trailing_unit(s.rstrip(". ").strip())
     s = unwrap_text(s)
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    for token in _REMOVE:
-        s = s.replace(token, "")
-    s = s.replace(" ", "").replace("\t", "")
+    s = _strip_noise(s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac"))
     s = s.rstrip(".")
     s = _FRAC_SHORT_RE.sub(r"\\frac{\1}{\2}", s)
     s = _FRAC_HALF_SHORT_RE.sub(r"\\frac{\1}{\2}", s)
@@ -74,7 +84,8 @@ def normalize_answer(s: str) -> str:
 
 
 def parse_number(s: str) -> Fraction | None:
-    """Exact value of a normalized plain number, `a/b` or `\\frac{a}{b}`, else None."""
+    """Exact value of a normalized plain number (`5e-01` too), `a/b`, `\\frac{a}{b}` or `a\\times10^{n}`, else
+    None."""
     if not s or len(s) > MAX_NUMBER_CHARS:
         return None
     if _THOUSANDS_RE.fullmatch(s):
@@ -92,6 +103,9 @@ def parse_number(s: str) -> Fraction | None:
     if m:
         den = Fraction(m.group(2))
         return None if den == 0 else Fraction(m.group(1)) / den
+    m = _TIMES_TEN_RE.fullmatch(s)
+    if m:
+        return Fraction(m.group(1)) * Fraction(10) ** int(m.group(2) or m.group(3))
     return None
 
 
