@@ -234,11 +234,28 @@ def test_stops_on_max_rollouts_without_splitting_an_iteration(tmp_path):
     assert res["iterations"] == 2 and res["rollouts"] == 2 * per_iteration
 
 
-def test_reward_errors_are_counted_not_fatal(tmp_path):
+class SometimesRaisingTask(FakeTask):
+    calls = 0
+
+    def reward(self, text: str, example: Example) -> float:
+        type(self).calls += 1
+        if type(self).calls % 3 == 0:
+            raise ValueError("a reward that fails now and then")
+        return super().reward(text, example)
+
+
+def test_a_few_reward_errors_are_counted_not_fatal(tmp_path):
     run = RunDir(tmp_path / "run")
-    res = train_es(make_micro_policy(), RaisingTask(), EXAMPLES, small_cfg(iterations=1), run)
-    assert res["reward_errors"] == 4 * 3
-    assert run.metrics()[0]["reward_errors"] == 12 and run.metrics()[0]["reward_mean"] == 0.0
+    res = train_es(make_micro_policy(), SometimesRaisingTask(), EXAMPLES, small_cfg(iterations=1), run)
+    assert res["reward_errors"] == 4  # one of each member's 3 responses
+    assert run.metrics()[0]["reward_errors"] == 4
+
+
+def test_a_reward_that_fails_for_most_of_a_batch_stops_the_run(tmp_path):
+    from esgrpo.tasks.base import RewardError
+
+    with pytest.raises(RewardError, match="the reward failed for 3 of the 3 responses"):
+        train_es(make_micro_policy(), RaisingTask(), EXAMPLES, small_cfg(iterations=1), RunDir(tmp_path / "run"))
 
 
 def test_config_checks(tmp_path):
