@@ -141,3 +141,52 @@ def test_subtracting_regenerated_noise_in_bf16_drifts():
         naive = (naive.float() + 0.0015 * eps).to(torch.bfloat16)
         naive = (naive.float() - 0.0015 * eps).to(torch.bfloat16)
     assert not torch.equal(naive, w)
+
+
+
+_AVX2_CHECK = """
+import sys, torch
+from esgrpo.train import noise
+torch.set_num_threads(1)
+worst = 0.0
+k0, k1 = noise._scalars(11, "w", torch.device("cpu"))
+eager = noise._noise(k0, k1, torch.tensor(0), 0, 9_000)  # the eager ops, never compiled
+for chunk in (1002, 256, 4000):  # chunks that start inside a counter block and far from counter 0
+    worst = max(worst, float((noise.tensor_noise(11, "w", (9_000,), chunk=chunk) - eager).abs().max()))
+print(worst)
+for dtype in (torch.float32, torch.bfloat16):  # Perturbation: the _perturbed kernel
+    backup = torch.randn(9_000).to(dtype)
+    p = noise.Perturbation([("w", torch.nn.Parameter(backup.clone(), requires_grad=False))], chunk=1002)
+    p.perturb(11, 1, 1.0)
+    want = (backup.float() + eager).to(dtype).float()
+    print(float((p.params[0][1].detach().float() - want).abs().max()), flush=True)
+"""
+
+
+def test_the_noise_is_right_with_avx2_kernels(tmp_path):
+    """torch.compile's AVX2 code for the noise kernels (ATen pinned to AVX2 on an AVX-512 CPU) returned wrong
+    values for half of the elements, or garbage, for some sizes, offsets and thread counts; whatever the
+    compiled code does, the noise drawn through the guarded kernels equals the eager ops' (last bits aside)."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _AVX2_CHECK], check=True, env=env, capture_output=True, text=True)
+    noise_, f32, bf16 = (float(x) for x in out.stdout.strip().splitlines()[-3:])
+    assert noise_ < 1e-5 and f32 < 1e-5  # the float transforms' last bits
+    assert bf16 <= 2 ** -5  # at most one bfloat16 rounding step of |w| < 8
+
+
+def test_a_miscompiled_kernel_is_caught_before_it_draws_noise(monkeypatch, capsys):
+    """The known-answer check: a compiled kernel whose values differ from its eager ops is never used."""
+    from esgrpo.train import noise
+
+    def broken_compile(fn, dynamic=True):
+        return lambda *args: fn(*args) + 1.0  # wrong noise
+
+    monkeypatch.setattr(noise, "_KERNELS", {})
+    monkeypatch.setattr(noise.torch, "compile", broken_compile)
+    monkeypatch.delenv("ESGRPO_NOISE_COMPILE", raising=False)
+    x = noise.tensor_noise(3, "w", (4000,))
+    assert "the compiled kernel _noise differs from its eager ops by up to 1" in capsys.readouterr().err
+    assert noise._KERNELS[("_noise", "cpu")] is noise._noise
+    monkeypatch.setattr(noise, "_KERNELS", {})
+    monkeypatch.setenv("ESGRPO_NOISE_COMPILE", "0")
+    assert torch.equal(x, noise.tensor_noise(3, "w", (4000,)))

@@ -320,7 +320,7 @@ def _meta(command: str) -> dict[str, Any]:
     return {"command": command, "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "aten_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def default_run_path(kind: str, label: str, root: str | Path = "runs") -> Path:

@@ -140,18 +140,54 @@ def _kernel(fn: Callable[..., Tensor], device: torch.device) -> Callable[..., Te
         _KERNELS[key] = fn
         if os.environ.get("ESGRPO_NOISE_COMPILE", "1") != "0" and device.type in ("cpu", "cuda"):
             compiled = torch.compile(fn, dynamic=True)
+            checked: set[torch.dtype] = set()
+
+            def eager(reason: str) -> None:
+                print(f"[noise] {reason}; drawing noise eagerly (slower, correct)", file=sys.stderr, flush=True)
+                _KERNELS[key] = fn
 
             def guarded(*args: object) -> Tensor:
+                dtype = args[0].dtype if fn is _perturbed else torch.float32  # type: ignore[union-attr]
                 try:
+                    if dtype not in checked:
+                        checked.add(dtype)
+                        worst = _disagreement(fn, compiled, device, dtype)
+                        if worst is not None:
+                            eager(f"the compiled kernel {fn.__name__} differs from its eager ops by up to "
+                                  f"{worst:.3g} on this {device.type} ({dtype})")
+                            return fn(*args)
                     return compiled(*args)
                 except Exception as e:  # no C++ compiler, no Triton, ...: the eager ops give the same integers
-                    print(f"[noise] torch.compile unavailable on {device.type} ({type(e).__name__}); "
-                          "drawing noise eagerly (slower)", file=sys.stderr, flush=True)
-                    _KERNELS[key] = fn
+                    eager(f"torch.compile unavailable on {device.type} ({type(e).__name__})")
                     return fn(*args)
 
             _KERNELS[key] = guarded
     return _KERNELS[key]
+
+
+def _disagreement(fn: Callable[..., Tensor], compiled: Callable[..., Tensor], device: torch.device,
+                  dtype: torch.dtype) -> float | None:
+    """A known-answer check of a compiled kernel against its eager ops before it draws any noise for weights of
+    `dtype`: torch.compile's vectorized code for these integer kernels was wrong on some CPU set-ups (torch 2.13,
+    its AVX2 code for a symbolic ceiling, half of the elements wrong), which would give every member wrong noise,
+    silently. The probes span several vectorized blocks at unaligned offsets and a whole chunk. Returns None
+    when they agree (the float transforms may differ in their last bits; wrong integers differ by order 1),
+    else the largest difference."""
+    k0, k1 = _scalars(0, "self-check", device)
+    first = torch.tensor(5, dtype=torch.int64, device=device)
+    one = torch.ones((), dtype=torch.float32, device=device)
+    for n, offset in ((12 * 4 * _PAD + 5, 3), (CHUNK, 0), (4 * _PAD - 3, 1)):
+        zeros = torch.zeros(n, dtype=dtype, device=device)
+        args: tuple[object, ...] = {
+            "_noise": (k0, k1, first, offset, n),
+            "_perturbed": (zeros, k0, k1, first, offset, one),
+            "_accumulated": (zeros, k0, k1, first, offset, one),
+        }[fn.__name__]
+        want, got = fn(*args).float(), compiled(*args).float()
+        diff = (want - got).abs().nan_to_num(nan=math.inf)  # a NaN is a disagreement too
+        if bool((diff > 1e-4 + torch.finfo(dtype).eps * want.abs()).any()):
+            return float(diff.max())
+    return None
 
 
 def _scalars(member_seed: int, name: str, device: torch.device) -> tuple[Tensor, Tensor]:
