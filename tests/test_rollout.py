@@ -98,3 +98,39 @@ def test_top_p_keeps_only_the_nucleus():
         seen.add(int(sample_from_logits(logits, 1.0, 0.8, gens)))
     assert seen == {0, 1}
     assert int(sample_from_logits(logits, 0.0, 1.0, None)) == 0
+
+
+def _full_sequence_logprobs(model, prompt_ids, response_ids, pad_id):
+    """The reference: logits at every position of [pad | prompt | response | pad], then the response slice."""
+    B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
+    T = max(len(r) for r in response_ids)
+    ids = torch.full((B, P + T), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + T), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+        ids[i, P - len(p):P] = torch.tensor(p)
+        attn[i, P - len(p):P + len(r)] = 1
+        ids[i, P:P + len(r)] = torch.tensor(r, dtype=torch.long)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions(attn)).logits[:, P - 1:P + T - 1].float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[:, P:, None]).squeeze(-1)
+
+
+def test_logprobs_at_response_positions_only_equal_the_full_sequence_ones():
+    """GRPO's scoring forward computes the vocabulary head at the response positions only (logits_to_keep): the
+    log-probs and the gradients equal those of the full-sequence logits (float tolerance; on this CPU, bitwise)."""
+    from esgrpo.config import ModelConfig
+    from esgrpo.models import load_policy
+    from esgrpo.rollout import response_logprobs
+
+    policy = load_policy(ModelConfig(name="tiny", threads=1))
+    prompts = policy.encode(MSGS)
+    gen = policy.generate(prompts, max_new_tokens=10, temperature=1.0, seeds=[1, 2, 3])
+    responses = [r if r else [policy.pad_id] for r in gen.response_ids]
+    assert len({len(r) for r in responses}) > 1 or len({len(p) for p in prompts}) > 1  # padding on some side
+    params = [p for _, p in policy.named_parameters()]
+    kept, mask = response_logprobs(policy.model, prompts, responses, policy.pad_id)
+    grads_kept = torch.autograd.grad((kept * mask).sum(), params)
+    full = _full_sequence_logprobs(policy.model, prompts, responses, policy.pad_id) * mask
+    grads_full = torch.autograd.grad(full.sum(), params)
+    torch.testing.assert_close(kept, full, rtol=1e-6, atol=1e-6)
+    for g_kept, g_full in zip(grads_kept, grads_full, strict=True):
+        torch.testing.assert_close(g_kept, g_full, rtol=1e-5, atol=1e-7)

@@ -158,11 +158,26 @@ def response_log_softmax(model: torch.nn.Module, prompt_ids: list[list[int]], re
             attn[i, P:P + len(r)] = 1
             resp_mask[i, :len(r)] = 1
     ids, attn, resp_mask = ids.to(device), attn.to(device), resp_mask.to(device)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions(attn)).logits
-    logits = logits[:, P - 1:P + T - 1, :].float()  # the logits that predict each response token
+    # Only the T positions that predict a response token need the vocabulary head: with a few-shot prompt of
+    # ~250 tokens and ~20 response tokens, full-sequence float32 logits over a 49k vocabulary were most of a
+    # GRPO step's time and memory. `logits_to_keep` (Hugging Face causal LMs) keeps the last T + 1 positions,
+    # P - 1 .. P + T - 1; models without it compute all of them and are sliced.
+    if _keeps_logits(model):
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=positions(attn), logits_to_keep=T + 1).logits
+        logits = logits[:, :T, :].float()
+    else:
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=positions(attn)).logits
+        logits = logits[:, P - 1:P + T - 1, :].float()  # the logits that predict each response token
     if temperature != 1.0:
         logits = logits / temperature
     return torch.log_softmax(logits, dim=-1), resp_mask, ids[:, P:P + T]
+
+
+def _keeps_logits(model: torch.nn.Module) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (and so computes the head on those positions only)."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(type(model).forward).parameters
 
 
 def response_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], response_ids: list[list[int]],
