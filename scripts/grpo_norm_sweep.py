@@ -28,7 +28,7 @@ import torch
 from esgrpo.config import StudyConfig, load_config
 from esgrpo.models import load_policy
 from esgrpo.runs import RunDir
-from esgrpo.tasks import load_examples
+from esgrpo.tasks import task_examples
 from esgrpo.tasks.prompting import make_task
 from esgrpo.theory.adamw import gradient_snr, grpo_norm, schedule
 from esgrpo.train.grpo import train_grpo
@@ -44,8 +44,7 @@ def main() -> None:
     a = p.parse_args()
     cfg = load_config(StudyConfig, a.config, {})
     d_cfg = cfg.data
-    train = load_examples(a.task, d_cfg.source, "train", d_cfg.n_train, seed=d_cfg.seed,
-                          path=d_cfg.data_paths.get(a.task))
+    train = task_examples(d_cfg, a.task, "train", d_cfg.n_train)
     task = make_task(a.task, cfg.prompt, cfg.data)
     snr, flat = gradient_snr(load_policy(cfg.model, cfg.tiny), task, train, cfg.grpo, a.snr_steps)
     print(f"gradient snr at the base model (rms per coordinate, {a.snr_steps - flat} gradients, {flat} all-flat "

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from esgrpo.config import TrainConfig
 from esgrpo.models import load_policy
 from esgrpo.runs import RunDir
-from esgrpo.tasks import load_examples
+from esgrpo.tasks import task_examples
 from esgrpo.tasks.prompting import make_task
 from esgrpo.train.es import train_es
 from esgrpo.train.grpo import train_grpo
@@ -35,7 +35,7 @@ def _one(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int) -> tu
     """Train `iterations` iterations/steps in a scratch directory: (metrics rows, results, Ray evaluator)."""
     task = make_task(cfg.task, cfg.prompt, cfg.data)
     d = cfg.data
-    train = load_examples(cfg.task, d.source, "train", d.n_train, seed=d.seed, path=d.data_paths.get(cfg.task))
+    train = task_examples(d, cfg.task, "train", d.n_train)
     policy = load_policy(cfg.model, cfg.tiny)
     evaluator = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +139,7 @@ def bench_rollout(cfg: TrainConfig, batch: int = 64, repeats: int = 3) -> str:
 
     task = make_task(cfg.task, cfg.prompt, cfg.data)
     d = cfg.data
-    examples = load_examples(cfg.task, d.source, "test", batch, seed=d.seed, path=d.data_paths.get(cfg.task))
+    examples = task_examples(d, cfg.task, "test", batch)
     policy = load_policy(cfg.model, cfg.tiny)
     prompts = task.prompt_ids(policy, examples)
     new = cfg.generation.max_new_tokens

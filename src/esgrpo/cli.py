@@ -107,7 +107,8 @@ def cmd_tasks_list(args: argparse.Namespace) -> None:
 def cmd_tasks_show(args: argparse.Namespace) -> None:
     from esgrpo.tasks import load_examples
 
-    for ex in load_examples(args.task, args.source, args.split, args.n, seed=args.seed, path=args.path):
+    for ex in load_examples(args.task, args.source, args.split, args.n, seed=args.seed, path=args.path,
+                            level=args.level):
         print(json.dumps({"uid": ex.uid, "question": ex.question, "target": ex.target}))
 
 
@@ -346,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--source", default="synthetic", choices=["synthetic", "hub"], help="Data source.")
     ts.add_argument("--seed", type=int, default=1234, help="Synthetic generator seed.")
     ts.add_argument("--path", default=None, help="Local file/dir in the hub schema (source hub).")
+    ts.add_argument("--level", type=int, default=1, help="Difficulty level of the synthetic data (1-4; README: "
+                    "Tasks).")
     ts.set_defaults(func=cmd_tasks_show)
 
     e = sub.add_parser("eval", help="Evaluate a model on tasks; writes a run directory.",

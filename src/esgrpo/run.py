@@ -27,7 +27,7 @@ from esgrpo.errors import EsgrpoError
 from esgrpo.evaluate import evaluate
 from esgrpo.models import load_policy, model_identity
 from esgrpo.runs import RunDir, default_run_path
-from esgrpo.tasks import check_disjoint, examples_hash, load_examples, load_task_examples
+from esgrpo.tasks import check_disjoint, examples_hash, load_task_examples, task_examples
 from esgrpo.tasks.base import Example, Task
 from esgrpo.tasks.prompting import make_task
 from esgrpo.train import es as es_trainer
@@ -75,7 +75,7 @@ def run_training(method: Method, cfg: TrainConfig, run_path: str | Path | None =
     """
     # 1. Data and settings, checked before anything is written.
     d = cfg.data
-    train = load_examples(cfg.task, d.source, "train", d.n_train, seed=d.seed, path=d.data_paths.get(cfg.task))
+    train = task_examples(d, cfg.task, "train", d.n_train)
     eval_tasks = cfg.eval_tasks or [cfg.task]
     test = load_task_examples(d, "test", d.n_test, tasks=eval_tasks)
     if cfg.task in test:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from esgrpo.config.core import NON_NEGATIVE, POSITIVE, PROBABILITY, F, sub
-from esgrpo.errors import ConfigError
+from esgrpo.errors import ConfigError, brief
 
 TASK_NAMES = ("countdown", "math", "chemistry", "boolq")
 METHODS = ("es_short", "es_long", "grpo")  # the study's three trained models per task
@@ -36,6 +36,9 @@ def is_task(name: object) -> bool:
 
 
 TASK_HELP = ", ".join(TASK_NAMES) + ", or package.module:ClassName (your own Task subclass)"
+# Difficulty levels of the built-in synthetic generators (each task's table: tasks/<task>.py LEVELS).
+# Level 1 is the original generator, the one the shipped tiny model was pretrained on.
+DIFFICULTY_LEVELS = (1, 2, 3, 4)
 _TASK_LIST = (lambda v: len(v) > 0 and all(is_task(t) for t in v) and len(set(v)) == len(v),
               "a non-empty list without repeats of " + TASK_HELP)
 _SHARE = (lambda v: 0 <= v < 1, "in [0, 1)")
@@ -112,6 +115,30 @@ class DataConfig:
     seed: int = F(1234, "Seed of the synthetic generators.")
     n_train: int = F(200, "Training examples per task (the paper: 200).", POSITIVE)
     n_test: int = F(500, "Test examples per task (the paper: 2000, Math 500).", POSITIVE)
+    difficulty: dict[str, int] = F({}, "Difficulty level of the synthetic data per task, e.g. {countdown: 2, boolq: 3} "
+                                   "(levels 1-4; a task not named is at level 1, the original generator the tiny "
+                                   "model was pretrained on). Higher levels: more and larger numbers, more steps, "
+                                   "closer distractors, longer passages (README: Tasks). Synthetic data only.")
+
+    def level(self, task: str) -> int:
+        """The difficulty level of `task`'s synthetic data (1 unless data.difficulty names it)."""
+        return self.difficulty.get(task, 1)
+
+    def check(self) -> None:
+        levels = ", ".join(map(str, DIFFICULTY_LEVELS))
+        for task, level in self.difficulty.items():
+            if task not in TASK_NAMES:
+                raise ConfigError(f"config key 'data.difficulty' names task {brief(task)}: difficulty levels exist "
+                                  f"for the built-in synthetic tasks only ({', '.join(TASK_NAMES)})")
+            if level not in DIFFICULTY_LEVELS:
+                raise ConfigError(f"config key 'data.difficulty.{task}' = {brief(level)} is not a difficulty level; "
+                                  f"allowed: {levels}")
+        # Level 1 is what a task not named gets: {countdown: 1} is the same data as {}, so the same run identity.
+        self.difficulty = {t: v for t, v in self.difficulty.items() if v != 1}
+        harder = self.difficulty
+        if self.source != "synthetic" and harder:
+            raise ConfigError(f"config key 'data.difficulty' = {brief(harder)} applies to synthetic data only, "
+                              f"but data.source is {self.source} (the paper's datasets have their own difficulty)")
 
 
 @dataclass

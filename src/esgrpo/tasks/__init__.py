@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from esgrpo.config.schema import TASK_HELP, TASK_NAMES, is_task
+from esgrpo.config.schema import DIFFICULTY_LEVELS, TASK_HELP, TASK_NAMES, is_task
 from esgrpo.errors import ConfigError, DataSourceError, brief, clip
 from esgrpo.tasks.base import Example, Scores, Task, score_responses
 from esgrpo.tasks.boolq import BoolQTask
@@ -25,6 +25,7 @@ _TASKS: dict[str, type[Task]] = {
     "boolq": BoolQTask,
 }
 assert set(_TASKS) == set(TASK_NAMES)
+assert all(tuple(cls.levels) == DIFFICULTY_LEVELS for cls in _TASKS.values())  # data.difficulty's check uses these
 
 
 def get_task(name: str) -> Task:
@@ -66,16 +67,27 @@ def load_examples(
     n: int | None,
     seed: int = 0,
     path: str | None = None,
+    level: int = 1,
 ) -> list[Example]:
     """Examples of `task` from seeded synthetic draws or the paper's dataset (hub or `path`).
 
     `n=None` means the paper's size for hub data. `seed` only affects synthetic data (the hub
-    selections are fixed by the paper's protocol); `path` only affects hub data. An empty split, or
-    fewer examples than `n`, is an error naming the source (never a silent accuracy on n = 0).
+    selections are fixed by the paper's protocol); `path` only affects hub data. `level`: the synthetic
+    generator's difficulty level (data.difficulty; 1, the original generator, is the only one of hub data and
+    of tasks of your own). An empty split, or fewer examples than `n`, is an error naming the source (never a
+    silent accuracy on n = 0).
     """
     t = get_task(task)
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
         raise ConfigError(f"n must be a non-negative integer, got {n!r}")
+    if level != 1:
+        if not t.builtin or source != "synthetic":
+            what = f"task {task!r} is not a built-in synthetic task" if not t.builtin else f"the source is {source}"
+            raise ConfigError(f"difficulty level {brief(level)} for {task}: levels apply to the built-in tasks' "
+                              f"synthetic data only, and {what} (data.difficulty)")
+        if level not in t.levels:
+            raise ConfigError(f"task {task!r} has difficulty levels {', '.join(map(str, t.levels))}; got "
+                              f"{brief(level)} (data.difficulty)")
     if not t.builtin:  # a task of your own loads its own data
         if split not in ("train", "test"):
             raise ConfigError(f"task {task!r} has train and test splits, not {split!r}")
@@ -86,7 +98,8 @@ def load_examples(
     if source == "synthetic":
         if n is None:
             raise ConfigError("synthetic data needs an explicit number of examples n")
-        return t.synthetic(split, n, seed)  # type: ignore[arg-type]
+        # Level 1 without the argument: a Task subclass written before levels (synthetic(split, n, seed)) still works.
+        return t.synthetic(split, n, seed) if level == 1 else t.synthetic(split, n, seed, level)  # type: ignore[arg-type]
     if source != "hub":
         raise ConfigError(f"unknown source {source!r}; allowed: {', '.join(SOURCES)}")
     if split not in ("train", "test"):
@@ -103,11 +116,16 @@ def load_examples(
     return out
 
 
+def task_examples(data: DataConfig, task: str, split: str, n: int) -> list[Example]:
+    """`n` examples of one task as the data config says: its source, seed, local file and difficulty level."""
+    return load_examples(task, data.source, split, n, seed=data.seed, path=data.data_paths.get(task),
+                         level=data.level(task))
+
+
 def load_task_examples(data: DataConfig, split: str, n: int,
                        tasks: list[str] | None = None) -> dict[str, list[Example]]:
-    """Examples per task (data.tasks by default) from the configured source."""
-    return {t: load_examples(t, data.source, split, n, seed=data.seed, path=data.data_paths.get(t))
-            for t in (tasks if tasks is not None else data.tasks)}
+    """Examples per task (data.tasks by default) from the configured source, at each task's difficulty level."""
+    return {t: task_examples(data, t, split, n) for t in (tasks if tasks is not None else data.tasks)}
 
 
 def check_disjoint(task: str, train: list[Example], test: list[Example], where: str) -> None:
@@ -132,4 +150,4 @@ def examples_hash(examples: list[Example]) -> str:
 
 
 __all__ = ["SOURCES", "TASK_NAMES", "Example", "JsonlTask", "Scores", "Task", "check_disjoint", "examples_hash",
-           "get_task", "load_examples", "load_task_examples", "score_responses"]
+           "get_task", "load_examples", "load_task_examples", "score_responses", "task_examples"]

@@ -17,11 +17,11 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from esgrpo.errors import EsgrpoError, brief, clip
+from esgrpo.errors import ConfigError, EsgrpoError, brief, clip
 
 Split = Literal["train", "test", "pretrain"]
 DemoKind = Literal["correct", "wrong", "slip"]
@@ -34,6 +34,51 @@ class Example:
     uid: str
     question: str
     target: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Level:
+    """One difficulty level of a built-in task's synthetic generator; each task extends it with its settings.
+
+    `what`: what changes against level 1, one line (README: Tasks). `capacity`: about how many distinct
+    instances each split holds (measured once, scripts/difficulty_levels.py --capacity); a larger n is refused
+    before drawing."""
+
+    what: str
+    capacity: Mapping[str, int]
+
+
+def collect_level(task: str, split: str, n: int, seed: int, level: int, levels: Mapping[int, Any],
+                  draw: Callable[[random.Random, Any], tuple[str, str, dict[str, Any]]]) -> list[Example]:
+    """`n` distinct synthetic examples of `task` at a difficulty level: `draw(rng, levels[level])` gives
+    (canonical key, question, target).
+
+    Level 1 is exactly the original collection (the same instances, uids and order for every seed: the tiny
+    model was pretrained on its pretrain split). Higher levels keep the split hash of the task's name, so an
+    instance lands in the same split at every level (a level-2 test instance is never in any pretrain
+    split), and mark the level in the uid (`countdown-L2-...`) and the target (`difficulty`)."""
+    from esgrpo.tasks.hub import collect_synthetic  # hub imports this module
+
+    spec = levels.get(level) if isinstance(level, int) and not isinstance(level, bool) else None
+    if spec is None:
+        raise ConfigError(f"task {task!r} has difficulty levels {', '.join(map(str, levels))}; got {brief(level)} "
+                          "(data.difficulty)")
+
+    def draw_at_level(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
+        return draw(rng, spec)
+
+    if level == 1:
+        return collect_synthetic(task, split, n, seed, draw_at_level, spec.capacity)
+    if isinstance(n, int) and split in spec.capacity and n > spec.capacity[split]:
+        raise ConfigError(f"synthetic {task} at difficulty level {level} has about {spec.capacity[split]:,} distinct "
+                          f"{split} instances; {n:,} were asked for: use n <= {spec.capacity[split]:,}")
+    try:
+        found = collect_synthetic(task, split, n, seed, draw_at_level)
+    except ConfigError as e:  # a pool that ran dry: say at which level
+        raise ConfigError(f"{e} (difficulty level {level})") from None
+    prefix = f"{task}-"
+    return [Example(uid=f"{prefix}L{level}-{ex.uid.removeprefix(prefix)}", question=ex.question,
+                    target={**ex.target, "difficulty": level}) for ex in found]
 
 
 class Task(ABC):
@@ -73,6 +118,8 @@ class Task(ABC):
         return None
 
     builtin = False  # the four tasks of the study load data by `data.source`; other tasks by `examples`
+    # Built-in tasks: difficulty level -> the synthetic generator's settings at that level (data.difficulty).
+    levels: ClassVar[Mapping[int, Level]] = {}
     format_line = ""  # an explicit answer-format instruction (prompt.format_line appends it to every question)
 
     def prompt_ids(self, policy: Any, examples: Sequence[Example]) -> list[list[int]]:
@@ -96,8 +143,8 @@ class Task(ABC):
         """The first `n` examples of a split (a task of your own implements this; train and test disjoint)."""
         raise NotImplementedError(f"task {self.name!r} does not implement examples(split, n, seed)")
 
-    def synthetic(self, split: Split, n: int, seed: int) -> list[Example]:
-        """`n` seeded synthetic examples; the splits are disjoint."""
+    def synthetic(self, split: Split, n: int, seed: int, level: int = 1) -> list[Example]:
+        """`n` seeded synthetic examples at a difficulty level (one of `levels`); the splits are disjoint."""
         raise NotImplementedError(f"task {self.name!r} has no synthetic examples")
 
     def from_hub(self, split: Literal["train", "test"], n: int | None, path: str | None) -> list[Example]:

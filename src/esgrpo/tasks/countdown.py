@@ -1,11 +1,12 @@
 """Countdown: combine the given numbers with + - * / to reach the target (TinyZero's task).
 
-Synthetic instances: 3 or 4 numbers in NUM_MIN..NUM_MAX (80% of draws have 3); the target is the
-value of a random expression over all of them (ops drawn with OP_WEIGHTS, mostly +; - without
-going negative, / only when exact),
-kept when it is an integer in TARGET_MIN..TARGET_MAX. Canonical key: sorted numbers + target.
-The 70% holds for draws; after de-duplication large samples hold fewer 3-number instances, as
-only ~4.8k distinct 3-number keys exist (~950 in the test split) against ~67k 4-number ones.
+Synthetic instances (level 1, the default): 3 or 4 numbers in NUM_MIN..NUM_MAX (80% of draws have 3);
+the target is the value of a random expression over all of them (ops drawn with OP_WEIGHTS, mostly +;
+- without going negative, / only when exact), kept when it is an integer in TARGET_MIN..TARGET_MAX.
+Canonical key: sorted numbers + target. The 80% holds for draws; after de-duplication large samples
+hold fewer 3-number instances, as only ~4.8k distinct 3-number keys exist (~950 in the test split)
+against ~67k 4-number ones. Difficulty levels 2-4 (LEVELS): more and larger numbers, more * and /,
+larger targets that are not the plain sum (level 2) or that + and - alone cannot reach (levels 3-4).
 
 Hub (Jiayi-Pan/Countdown-Tasks-3to4, a single "train" split of ~490k rows): train = the first
 200 rows, test = the last 2000 rows, so the two can never overlap. A given n replaces the size:
@@ -16,16 +17,17 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from itertools import product
 from typing import Any, Literal
 
 from esgrpo.errors import DataSourceError
 from esgrpo.rewards.countdown import countdown_reward, evaluate_expression
 from esgrpo.rewards.extract import last_boxed
-from esgrpo.tasks.base import DemoKind, Example, Split, Task
-from esgrpo.tasks.hub import collect_synthetic, load_rows
+from esgrpo.tasks.base import DemoKind, Example, Level, Split, Task, collect_level
+from esgrpo.tasks.hub import load_rows
 
 NUM_MIN, NUM_MAX = 1, 12
 TARGET_MIN, TARGET_MAX = 1, 100
@@ -40,6 +42,40 @@ HUB_ID = "Jiayi-Pan/Countdown-Tasks-3to4"
 SYNTHETIC_CAPACITY = {"pretrain": 50_500, "train": 7_200, "test": 14_400}
 HUB_TRAIN_SIZE = 200
 HUB_TEST_SIZE = 2000
+
+
+@dataclass(frozen=True)
+class CountdownLevel(Level):
+    """A difficulty level: how many numbers (share of draws per count, in order), their range, the operator
+    weights of the random expression that makes the target, and which targets are kept."""
+
+    counts: tuple[tuple[int, float], ...]
+    num_max: int
+    targets: tuple[int, int]
+    op_weights: Mapping[str, float]
+    plain_sum: bool  # may the target be the plain sum of the numbers
+    needs_mul_div: bool  # only targets that + and - alone (any signs) cannot reach
+
+
+# Capacities of levels 2-4: the distinct instances per split found in 500,000 draws of seed 0, a lower bound
+# (scripts/difficulty_levels.py --capacity 500000).
+LEVELS: dict[int, CountdownLevel] = {
+    1: CountdownLevel("3-4 numbers (80% 3) in 1..12, mostly + (70%), target 1..100", SYNTHETIC_CAPACITY,
+                      ((3, THREE_NUMBER_SHARE), (4, 1 - THREE_NUMBER_SHARE)), NUM_MAX, (TARGET_MIN, TARGET_MAX),
+                      OP_WEIGHTS, plain_sum=True, needs_mul_div=False),
+    2: CountdownLevel("4 numbers in 1..25, target 1..200 and not the plain sum, + - * / (40/20/30/10%)",
+                      {"pretrain": 219_000, "train": 31_000, "test": 62_000},
+                      ((4, 1.0),), 25, (1, 200), {"+": 0.4, "-": 0.2, "*": 0.3, "/": 0.1},
+                      plain_sum=False, needs_mul_div=False),
+    3: CountdownLevel("4-5 numbers in 1..25, target 10..500 that needs * or /, + - * / (30/20/30/20%)",
+                      {"pretrain": 321_000, "train": 45_000, "test": 92_000},
+                      ((4, 0.5), (5, 0.5)), 25, (10, 500), {"+": 0.3, "-": 0.2, "*": 0.3, "/": 0.2},
+                      plain_sum=False, needs_mul_div=True),
+    4: CountdownLevel("5 numbers in 1..50, target 100..1000 that needs * or /, + - * / (25% each)",
+                      {"pretrain": 349_000, "train": 50_000, "test": 100_000},
+                      ((5, 1.0),), 50, (100, 1000), {"+": 0.25, "-": 0.25, "*": 0.25, "/": 0.25},
+                      plain_sum=False, needs_mul_div=True),
+}
 
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _LEAF_PREC = 3
@@ -84,7 +120,7 @@ def combine(a: Node, op: str, b: Node) -> Node | None:
     return Node(v, left + op + right, p, a.steps + b.steps + (step,))
 
 
-def _random_tree(nums: list[int], rng: random.Random) -> Node:
+def _random_tree(nums: list[int], rng: random.Random, op_weights: Mapping[str, float] = OP_WEIGHTS) -> Node:
     """A random expression over all `nums` with non-negative integer intermediates."""
     items = [leaf(n) for n in nums]
     while len(items) > 1:
@@ -94,7 +130,7 @@ def _random_tree(nums: list[int], rng: random.Random) -> Node:
         if a.value < b.value:
             a, b = b, a
         ops = ["+", "-", "*"] + (["/"] if b.value != 0 and a.value % b.value == 0 else [])
-        weights = [OP_WEIGHTS[o] for o in ops]
+        weights = [op_weights[o] for o in ops]
         node = combine(a, rng.choices(ops, weights)[0], b)
         assert node is not None
         items.append(node)
@@ -153,16 +189,35 @@ def _question(nums: list[int], target: int) -> str:
     return f"Numbers: {' '.join(map(str, nums))}. Target: {target}."
 
 
-def _draw(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
+def additive_values(nums: list[int]) -> set[int]:
+    """Every value an expression with + and - alone reaches over all `nums` (each number once, unary minus
+    allowed, as the reward does): the signed sums."""
+    return {sum(s * x for s, x in zip(signs, nums, strict=True)) for signs in product((1, -1), repeat=len(nums))}
+
+
+def _count(u: float, counts: tuple[tuple[int, float], ...]) -> int:
+    """The operand count a uniform draw `u` picks from (count, share) pairs (level 1: 3 if u < 0.8 else 4)."""
+    for k, share in counts:
+        if u < share:
+            return k
+        u -= share
+    return counts[-1][0]
+
+
+def _draw(rng: random.Random, spec: CountdownLevel = LEVELS[1]) -> tuple[str, str, dict[str, Any]]:
+    low, high = spec.targets
     while True:
-        k = 3 if rng.random() < THREE_NUMBER_SHARE else 4
-        nums = [rng.randint(NUM_MIN, NUM_MAX) for _ in range(k)]
-        node = _random_tree(nums, rng)
+        k = _count(rng.random(), spec.counts)
+        nums = [rng.randint(NUM_MIN, spec.num_max) for _ in range(k)]
+        node = _random_tree(nums, rng, spec.op_weights)
         v = node.value
-        if v.denominator == 1 and TARGET_MIN <= v <= TARGET_MAX:
-            target = int(v)
-            key = f"{','.join(map(str, sorted(nums)))}:{target}"
-            return key, _question(nums, target), {"nums": nums, "target": target}
+        if v.denominator != 1 or not low <= v <= high:
+            continue
+        target = int(v)
+        if (not spec.plain_sum and target == sum(nums)) or (spec.needs_mul_div and target in additive_values(nums)):
+            continue
+        key = f"{','.join(map(str, sorted(nums)))}:{target}"
+        return key, _question(nums, target), {"nums": nums, "target": target}
 
 
 class CountdownTask(Task):
@@ -174,6 +229,7 @@ class CountdownTask(Task):
 
     name = "countdown"
     system_prompt = "Think step by step, then give \\boxed{expr} using each number once to reach the target."
+    levels = LEVELS
 
     def reward(self, text: str, example: Example) -> float:
         return countdown_reward.unchecked(text, example.target["nums"], example.target["target"])
@@ -191,8 +247,8 @@ class CountdownTask(Task):
         value = result[0]
         return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
 
-    def synthetic(self, split: Split, n: int, seed: int) -> list[Example]:
-        return collect_synthetic(self.name, split, n, seed, _draw, SYNTHETIC_CAPACITY)
+    def synthetic(self, split: Split, n: int, seed: int, level: int = 1) -> list[Example]:
+        return collect_level(self.name, split, n, seed, level, LEVELS, _draw)
 
     def from_hub(self, split: Literal["train", "test"], n: int | None, path: str | None) -> list[Example]:
         ds = load_rows(HUB_ID, split="train", columns=("target", "nums"), path=path)

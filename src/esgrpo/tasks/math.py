@@ -1,10 +1,11 @@
 """Math: give the final answer as `\\boxed{...}` (Hendrycks MATH in the paper).
 
-Synthetic instances: short integer arithmetic (sums and differences up to ADD_MAX, times tables up
-to MUL_MAX) with one or two operations, half bare expressions ("Compute 7+5.") and half
-one-sentence word problems. Every intermediate is a non-negative integer. Canonical key: the
+Synthetic instances (level 1, the default): short integer arithmetic (sums and differences up to
+ADD_MAX, times tables up to MUL_MAX) with one or two operations, half bare expressions ("Compute 7+5.")
+and half one-sentence word problems. Every intermediate is a non-negative integer. Canonical key: the
 question text. The target also carries `work` (the worked steps) so demonstrations can show a
-one-line derivation.
+one-line derivation. Difficulty levels 2-4 (LEVELS): chains of 2-4 operations mixing + - * / over
+larger numbers, as bare expressions or as word problems of one sentence per step.
 
 Hub (nlile/hendrycks-MATH-benchmark): train = 40 rows per level 1-5 drawn with
 random.Random(HUB_SEED) from the train split (rows whose level is not 1-5 are skipped), in
@@ -15,13 +16,14 @@ shuffled order; test = the 500 rows of the test split, in order. A given n repla
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from esgrpo.rewards.extract import last_boxed
 from esgrpo.rewards.math import math_reward, normalize_answer, parse_number
-from esgrpo.tasks.base import DemoKind, Example, Split, Task
+from esgrpo.tasks.base import DemoKind, Example, Level, Split, Task, collect_level
 from esgrpo.tasks.countdown import Node, combine, leaf
-from esgrpo.tasks.hub import collect_synthetic, load_rows
+from esgrpo.tasks.hub import load_rows
 
 NUM_MIN, ADD_MAX, MUL_MAX = 1, 12, 6  # sized for a few-million-parameter model
 TWO_STEP_SHARE = 0.2
@@ -33,7 +35,7 @@ SYNTHETIC_CAPACITY = {"pretrain": 218_066, "train": 31_144, "test": 62_227}
 HUB_SEED = 42
 HUB_TRAIN_SIZE = 200
 HUB_TEST_SIZE = 500
-LEVELS = (1, 2, 3, 4, 5)
+HUB_LEVELS = (1, 2, 3, 4, 5)  # the levels of Hendrycks MATH (not data.difficulty)
 
 NAMES = (
     "Ann",
@@ -56,8 +58,49 @@ NAMES = (
 OBJECTS = ("apples", "pens", "books", "cards", "eggs", "coins", "cups", "shells", "stamps", "marbles")
 
 
-def _ok(node: Node | None) -> bool:
-    return node is not None and node.value >= 0 and node.value.denominator == 1 and node.value <= MAX_ANSWER
+@dataclass(frozen=True)
+class MathLevel(Level):
+    """A difficulty level: operand sizes, operations per problem and the largest answer. Level 1 is the original
+    generator (`_bare`, `_word`: fixed templates of one or two steps); the others chain `steps` operations."""
+
+    add_max: int  # terms of + and - up to this
+    mul_max: int  # factors and divisors up to this (times tables)
+    steps: tuple[int, int]  # operations per problem: at least, at most
+    max_answer: int  # every intermediate and the answer are integers in 0..max_answer
+    chain: bool  # chained steps (levels 2+) instead of the original templates
+
+
+# Capacities of levels 2-4: the distinct instances per split found in 500,000 draws of seed 0, a lower bound
+# (scripts/difficulty_levels.py --capacity 500000).
+LEVELS: dict[int, MathLevel] = {
+    1: MathLevel("1-2 steps (20% of bare, 33% of word problems have 2); + - up to 12, times tables to 6",
+                 SYNTHETIC_CAPACITY, ADD_MAX, MUL_MAX, (1, 2), MAX_ANSWER, chain=False),
+    2: MathLevel("2 steps of + - * /; + - up to 50, times tables to 12, answers up to 1,000",
+                 {"pretrain": 237_000, "train": 34_000, "test": 67_000}, 50, 12, (2, 2), 1000, chain=True),
+    3: MathLevel("3 steps of + - * /; + - up to 100, factors to 15, answers up to 2,000",
+                 {"pretrain": 335_000, "train": 47_000, "test": 96_000}, 100, 15, (3, 3), 2000, chain=True),
+    4: MathLevel("3-4 steps of + - * /; + - up to 500, factors to 25, answers up to 10,000",
+                 {"pretrain": 348_000, "train": 49_000, "test": 99_000}, 500, 25, (3, 4), 10_000, chain=True),
+}
+
+# Word problems of the chained levels: the first step sets up what the person has, each further step is one
+# more sentence ({x}: the step's operand).
+FIRST_STEP = {
+    "+": "{name} has {a} {obj} and buys {b} more.",
+    "-": "{name} has {a} {obj} and gives away {b}.",
+    "*": "{name} buys {a} boxes of {b} {obj}.",
+    "/": "{name} splits {a} {obj} into {b} equal piles and keeps one pile.",
+}
+NEXT_STEP = {
+    "+": "Then {name} gets {x} more.",
+    "-": "Then {name} gives away {x}.",
+    "*": "Then {name} ends up with {x} times as many.",
+    "/": "Then {name} splits them into {x} equal piles and keeps one pile.",
+}
+
+
+def _ok(node: Node | None, max_answer: int = MAX_ANSWER) -> bool:
+    return node is not None and node.value >= 0 and node.value.denominator == 1 and node.value <= max_answer
 
 
 def _operands(op: str, rng: random.Random) -> tuple[int, int]:
@@ -109,9 +152,53 @@ def _word(rng: random.Random) -> tuple[str, Node] | None:
     return (q, node) if _ok(node) else None
 
 
-def _draw(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
+def _operand(op: str, value: int, spec: MathLevel, rng: random.Random) -> int | None:
+    """The right operand of `value op x` at a level: a term, a factor, or an exact divisor (None: no divisor
+    of `value` in range, or nothing left to subtract)."""
+    if op == "+":
+        return rng.randint(NUM_MIN, spec.add_max)
+    if op == "-":
+        return rng.randint(NUM_MIN, min(spec.add_max, value)) if value >= NUM_MIN else None
+    if op == "*":
+        return rng.randint(2, spec.mul_max)
+    divisors = [d for d in range(2, spec.mul_max + 1) if value % d == 0]
+    return rng.choice(divisors) if divisors else None
+
+
+def _chain(rng: random.Random, spec: MathLevel, bare: bool) -> tuple[str, Node] | None:
+    """A problem of `spec.steps` chained operations, as a bare expression or a word problem; None when a step
+    leaves the integers in 0..max_answer (the caller draws again)."""
+    ops = [rng.choice("+-*/") for _ in range(rng.randint(*spec.steps))]
+    first = ops[0]
+    if first == "/":
+        b = rng.randint(2, spec.mul_max)
+        a = b * rng.randint(2, spec.mul_max)
+    else:
+        a = rng.randint(NUM_MIN, spec.mul_max if first == "*" else spec.add_max)
+        b = _operand(first, a, spec, rng)
+    node = combine(leaf(a), first, leaf(b)) if b is not None else None
+    name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
+    sentences = [FIRST_STEP[first].format(name=name, a=a, b=b, obj=obj)]
+    for op in ops[1:]:
+        if not _ok(node, spec.max_answer):
+            return None
+        x = _operand(op, int(node.value), spec, rng)
+        if x is None:
+            return None
+        node = combine(node, op, leaf(x))
+        sentences.append(NEXT_STEP[op].format(name=name, x=x))
+    if not _ok(node, spec.max_answer):
+        return None
+    if bare:
+        return f"Compute {node.expr}.", node
+    return " ".join([*sentences, f"How many {obj} does {name} have now?"]), node
+
+
+def _draw(rng: random.Random, spec: MathLevel = LEVELS[1]) -> tuple[str, str, dict[str, Any]]:
     while True:
-        made = _bare(rng) if rng.random() < 0.5 else _word(rng)
+        bare = rng.random() < 0.5  # half bare expressions, half word problems
+        original = _bare if bare else _word
+        made = _chain(rng, spec, bare) if spec.chain else original(rng)
         if made is not None:
             question, node = made
             work = ", ".join(node.steps) + "."
@@ -123,7 +210,7 @@ def _level(value: Any) -> int | None:
     s = str(value).strip()
     if s.startswith("Level"):
         s = s[len("Level") :].strip()
-    return int(s) if s in {str(lv) for lv in LEVELS} else None
+    return int(s) if s in {str(lv) for lv in HUB_LEVELS} else None
 
 
 def _wrong_answer(answer: str, rng: random.Random) -> str:
@@ -141,6 +228,7 @@ class MathTask(Task):
 
     name = "math"
     system_prompt = "Think step by step, then put the final answer in \\boxed{}."
+    levels = LEVELS
 
     def reward(self, text: str, example: Example) -> float:
         return math_reward.unchecked(text, str(example.target["answer"]))
@@ -155,8 +243,8 @@ class MathTask(Task):
     def gold(self, example: Example) -> str | None:
         return normalize_answer(str(example.target.get("answer", "")))[:64] or None
 
-    def synthetic(self, split: Split, n: int, seed: int) -> list[Example]:
-        return collect_synthetic(self.name, split, n, seed, _draw, SYNTHETIC_CAPACITY)
+    def synthetic(self, split: Split, n: int, seed: int, level: int = 1) -> list[Example]:
+        return collect_level(self.name, split, n, seed, level, LEVELS, _draw)
 
     def from_hub(self, split: Literal["train", "test"], n: int | None, path: str | None) -> list[Example]:
         ds = load_rows(HUB_ID, split=split, columns=("problem", "answer", "level"), path=path)
@@ -193,14 +281,14 @@ class MathTask(Task):
 def _stratified(levels: list[Any], n: int) -> list[int]:
     """Row indices: n split evenly over levels 1-5 (earlier levels take the remainder)."""
     rng = random.Random(HUB_SEED)
-    by_level: dict[int, list[int]] = {lv: [] for lv in LEVELS}
+    by_level: dict[int, list[int]] = {lv: [] for lv in HUB_LEVELS}
     for i, value in enumerate(levels):
         lv = _level(value)
         if lv is not None:
             by_level[lv].append(i)
     chosen: list[int] = []
-    for k, lv in enumerate(LEVELS):
-        quota = n // len(LEVELS) + (1 if k < n % len(LEVELS) else 0)
+    for k, lv in enumerate(HUB_LEVELS):
+        quota = n // len(HUB_LEVELS) + (1 if k < n % len(HUB_LEVELS) else 0)
         pool = by_level[lv]
         chosen.extend(rng.sample(pool, min(quota, len(pool))))
     rng.shuffle(chosen)

@@ -115,14 +115,13 @@ def make_task(name: str, prompt: PromptConfig | None = None, data: DataConfig | 
 
 @functools.lru_cache(maxsize=64)
 def _prompted(name: str, prompt_json: str, data_json: str) -> PromptedTask:
-    from esgrpo.tasks import get_task, load_examples
+    from esgrpo.tasks import get_task, task_examples
 
     prompt = PromptConfig(**json.loads(prompt_json))
     task = get_task(name)
     shots: list[Example] = []
     if prompt.shots:
         data = DataConfig(**json.loads(data_json)) if data_json != "null" else DataConfig()
-        pool = load_examples(name, data.source, "train", data.n_train, seed=data.seed,
-                             path=data.data_paths.get(name))
+        pool = task_examples(data, name, "train", data.n_train)
         shots = balanced_shots(task, pool, prompt.shots, prompt.seed)
     return PromptedTask(task, prompt, shots)
