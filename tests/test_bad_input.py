@@ -420,6 +420,14 @@ def _task_dir(t: Path) -> None:
     _file(t, "latin1.jsonl", '{"question": "Caf\xe9?", "answer": "1"}\n'.encode("latin-1"))
 
 
+@pytest.fixture
+def task_module(tmp_path, monkeypatch):
+    """The working directory holds the round-3 task modules and their data, importable."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _task_dir(tmp_path)
+
+
 @pytest.mark.parametrize(("task", "expect"), [
     ("round3_zero:Task", "cannot import Task from round3_zero (ZeroDivisionError: division by zero)"),
     ("round3_syntax:Task", "cannot import Task from round3_syntax (SyntaxError"),
@@ -428,10 +436,7 @@ def _task_dir(t: Path) -> None:
     ("subprocess:Popen", "is the class Popen, not an esgrpo.tasks.Task subclass"),
     ("round3tasks:Latin1", "latin1.jsonl, line 1: not UTF-8 text"),
 ])
-def test_a_task_of_your_own_that_breaks_is_one_line(task, expect, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    _task_dir(tmp_path)
+def test_a_task_of_your_own_that_breaks_is_one_line(task, expect, tmp_path, capsys, task_module):
     before = set(tmp_path.rglob("*"))
     code = main(["eval", "tiny", "--tasks", task, "--n", "2", "--out", str(tmp_path / "out")])
     _check_one_line_error(code, capsys.readouterr().err, expect)
@@ -444,10 +449,8 @@ def test_a_task_of_your_own_that_breaks_is_one_line(task, expect, tmp_path, caps
     ("round3tasks:Nothing", "returned None"),
     ("round3tasks:NoColumn", "raised TypeError"),
 ])
-def test_a_reward_that_fails_for_most_of_a_batch_stops_the_evaluation(task, first, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    _task_dir(tmp_path)
+def test_a_reward_that_fails_for_most_of_a_batch_stops_the_evaluation(task, first, tmp_path, capsys,
+                                                                       task_module):
     code = main(["eval", "tiny", "--tasks", task, "--n", "4", "--generation.max_new_tokens", "4",
                  "--out", str(tmp_path / "out")])
     last = _check_one_line_error(code, capsys.readouterr().err, "the reward failed for 4 of the 4 responses")
@@ -455,10 +458,8 @@ def test_a_reward_that_fails_for_most_of_a_batch_stops_the_evaluation(task, firs
     assert not (tmp_path / "out").exists()
 
 
-def test_a_reward_that_fails_stops_training_and_the_run_resumes_once_it_is_fixed(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    _task_dir(tmp_path)
+def test_a_reward_that_fails_stops_training_and_the_run_resumes_once_it_is_fixed(tmp_path, capsys, monkeypatch,
+                                                                                 task_module):
     out = tmp_path / "out"
     argv = ["train", "es", "--task", "round3tasks:Exact", *ES_SMALL, "--es.iterations", "1", "--out", str(out)]
     import round3tasks
@@ -471,10 +472,7 @@ def test_a_reward_that_fails_stops_training_and_the_run_resumes_once_it_is_fixed
     assert json.loads((out / "results.json").read_text())["reward_errors"] == 0
 
 
-def test_a_few_failed_rewards_are_counted_and_said(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    _task_dir(tmp_path)
+def test_a_few_failed_rewards_are_counted_and_said(tmp_path, capsys, monkeypatch, task_module):
     import round3tasks
 
     calls = iter(range(1000))
