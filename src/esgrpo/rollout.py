@@ -13,6 +13,8 @@ sees the same positions as it would alone.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -175,9 +177,12 @@ def response_log_softmax(model: torch.nn.Module, prompt_ids: list[list[int]], re
 
 def _keeps_logits(model: torch.nn.Module) -> bool:
     """Whether the model's forward takes `logits_to_keep` (and so computes the head on those positions only)."""
-    import inspect
+    return _takes_logits_to_keep(type(model))
 
-    return "logits_to_keep" in inspect.signature(type(model).forward).parameters
+
+@functools.cache
+def _takes_logits_to_keep(cls: type) -> bool:  # once per model class, not once per micro-batch
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def response_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], response_ids: list[list[int]],

@@ -58,7 +58,6 @@ NON_NEGATIVE: Check = (lambda v: v >= 0, ">= 0")
 PROBABILITY: Check = (lambda v: 0 < v <= 1, "in (0, 1]")
 
 
-
 # ----------------------------------------------------------------------------------------------
 # Introspection
 

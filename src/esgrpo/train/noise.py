@@ -169,10 +169,10 @@ def _disagreement(fn: Callable[..., Tensor], compiled: Callable[..., Tensor], de
                   dtype: torch.dtype) -> float | None:
     """A known-answer check of a compiled kernel against its eager ops before it draws any noise for weights of
     `dtype`: torch.compile's vectorized code for these integer kernels was wrong on some CPU set-ups (torch 2.13,
-    its AVX2 code for a symbolic ceiling, half of the elements wrong), which would give every member wrong noise,
-    silently. The probes span several vectorized blocks at unaligned offsets and a whole chunk. Returns None
-    when they agree (the float transforms may differ in their last bits; wrong integers differ by order 1),
-    else the largest difference."""
+    its AVX2 code on an AVX-512 host: half of the elements wrong, or garbage, depending on size, offset and
+    thread count), which would give every member wrong noise, silently. The probes span several vectorized
+    blocks at unaligned offsets and a whole chunk. Returns None when they agree (the float transforms may differ
+    in their last bits; wrong integers differ by order 1), else the largest difference."""
     k0, k1 = _scalars(0, "self-check", device)
     first = torch.tensor(5, dtype=torch.int64, device=device)
     one = torch.ones((), dtype=torch.float32, device=device)
