@@ -117,6 +117,7 @@ def test_every_demonstration_scores_as_intended_at_every_level(name, level):
             assert task.reward(task.worked_answer(ex), ex) == 1.0, ex
             assert task.reward(task.demonstration(ex, rng, "wrong"), ex) == 0.0, ex
             assert task.reward(task.demonstration(ex, rng, "slip"), ex) == 0.0, ex
+            assert task.reward(task.demonstration(ex, rng, "mistake"), ex) == 0.0, ex
 
 
 def test_every_level_fits_the_tiny_models_context():

@@ -190,10 +190,14 @@ def test_demonstrations_score_as_intended(name):
             correct = task.demonstration(ex, rng, "correct")
             wrong = task.demonstration(ex, rng, "wrong")
             slip = task.demonstration(ex, rng, "slip")
+            mistake = task.demonstration(ex, rng, "mistake")
             assert task.reward(correct, ex) == 1.0, (ex, correct)
             assert task.reward(wrong, ex) == 0.0, (ex, wrong)
             assert task.reward(slip, ex) == 0.0, (ex, slip)
-            assert max(len(correct), len(wrong), len(slip)) < 80
+            # the systematic mistake: wrong, in the right format, and the same whatever the random state
+            assert task.reward(mistake, ex) == 0.0 and task.answer(mistake) is not None, (ex, mistake)
+            assert task.demonstration(ex, random.Random(99), "mistake") == mistake
+            assert max(len(correct), len(wrong), len(slip), len(mistake)) < 80
             if name == "chemistry":
                 assert not STANDALONE_LETTER.search(slip), slip
 
@@ -206,6 +210,36 @@ def test_demonstrations_on_hub_fixture_examples(name):
         assert task.reward(task.demonstration(ex, rng, "correct"), ex) == 1.0
         assert task.reward(task.demonstration(ex, rng, "wrong"), ex) == 0.0
         assert task.reward(task.demonstration(ex, rng, "slip"), ex) == 0.0
+        assert task.reward(task.demonstration(ex, rng, "mistake"), ex) == 0.0
+
+
+@pytest.mark.parametrize("question, target, mistake", [
+    # by hand: Countdown's plain sum in the given order; when that is the target, the last number subtracted
+    ("Numbers: 3 7 5. Target: 26.", {"nums": [3, 7, 5], "target": 26}, "3+7=10, 10+5=15. \\boxed{3+7+5}"),
+    ("Numbers: 3 7 5. Target: 15.", {"nums": [3, 7, 5], "target": 15}, "3+7=10, 10-5=5. \\boxed{3+7-5}"),
+])
+def test_countdown_mistake_is_the_plain_sum(question, target, mistake):
+    from esgrpo.tasks.base import Example
+
+    ex = Example(uid="countdown-x", question=question, target=target)
+    assert get_task("countdown").demonstration(ex, random.Random(0), "mistake") == mistake
+
+
+def test_mistakes_of_math_chemistry_boolq_by_hand():
+    from esgrpo.tasks.base import Example
+
+    math_ex = Example(uid="math-x", question="Compute 2*3.", target={"answer": "6", "work": "2*3=6."})
+    assert get_task("math").demonstration(math_ex, random.Random(0), "mistake") == "2*3=7. \\boxed{7}"
+    chem_ex = Example(uid="chemistry-x", question="Which element has atomic number 1?",
+                      target={"answer": "D", "choices": ["helium", "lithium", "boron", "hydrogen"],
+                              "work": "Element 1 is hydrogen."})
+    # the next choice after D is A, named in the work where the right one was
+    assert get_task("chemistry").demonstration(chem_ex, random.Random(0), "mistake") == \
+        'Element 1 is helium. "answer": "A"'
+    boolq_ex = Example(uid="boolq-x", question="Ann has a red cup.\nQuestion: Is Ann's cup red?",
+                       target={"answer": True, "evidence": "the cup is red"})
+    assert get_task("boolq").demonstration(boolq_ex, random.Random(0), "mistake") == \
+        "It says the cup is red. \\boxed{no}"
 
 
 def test_demonstration_rejects_unknown_kind():

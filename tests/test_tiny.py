@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from esgrpo.config import TinyModelConfig
-from esgrpo.models.tiny import build_corpus, build_tiny, render, slip_prone, train_tokenizer
+from esgrpo.models.tiny import _demo_kind, build_corpus, build_tiny, error_prone, render, train_tokenizer
 from esgrpo.tasks import TASK_NAMES
 
 SMALL = TinyModelConfig(hidden_size=48, intermediate_size=96, num_layers=2, num_heads=4, steps=25,
@@ -21,23 +21,38 @@ def built(tmp_path_factory):
     return build_tiny(SMALL, tmp_path_factory.mktemp("cache"))
 
 
-def test_corpus_is_seeded_and_mixes_correct_wrong_and_slips():
+def test_corpus_is_seeded_and_mixes_correct_wrong_mistakes_and_slips():
     a, b = build_corpus(SMALL), build_corpus(SMALL)
     assert a == b
     assert {d["task"] for d in a} == set(TASK_NAMES)
     kinds = Counter(d["kind"] for d in a)
-    assert min(kinds["correct"], kinds["wrong"], kinds["slip"]) > 0
-    # slips concentrate on the slip-prone prompts (a visible feature), by construction; tasks with a
-    # p_slip_other override (chemistry) slip at that rate on the other prompts
-    rate = lambda docs: sum(d["kind"] == "slip" for d in docs) / len(docs)  # noqa: E731
+    assert min(kinds["correct"], kinds["wrong"], kinds["mistake"], kinds["slip"]) > 0
+    # the systematic mistake concentrates on the error-prone prompts (a visible feature), by construction:
+    # there it outnumbers the right answers (so greedy makes it), elsewhere it is rare
+    rate = lambda docs, kind: sum(d["kind"] == kind for d in docs) / len(docs)  # noqa: E731
     for task in TASK_NAMES:
         docs = [d for d in a if d["task"] == task]
-        prone = [d for d in docs if slip_prone(d["messages"][-1]["content"])]
-        other = [d for d in docs if not slip_prone(d["messages"][-1]["content"])]
-        expected_other = SMALL.task_p_slip_other.get(task, SMALL.p_slip_other)
-        assert rate(prone) > 0.6, task
-        assert abs(rate(other) - expected_other) < 0.15, (task, rate(other), expected_other)
-    assert SMALL.task_p_slip_other["chemistry"] > 0.5 > SMALL.p_slip_other
+        prone = [d for d in docs if error_prone(d["messages"][-1]["content"])]
+        other = [d for d in docs if not error_prone(d["messages"][-1]["content"])]
+        expected = (1 - SMALL.p_slip_prone) * SMALL.p_mistake_prone
+        assert abs(rate(prone, "mistake") - expected) < 0.12, (task, rate(prone, "mistake"), expected)
+        assert rate(prone, "mistake") > rate(prone, "correct"), task
+        assert rate(other, "mistake") < 0.15 and rate(other, "correct") > 0.6, task
+        assert rate(docs, "slip") < 0.1, task
+    # every mistake is a wrong answer in the right format
+    from esgrpo.tasks import get_task
+    for d in a[:400]:
+        if d["kind"] == "mistake":
+            task = get_task(d["task"])
+            assert task.answer(d["response"]) is not None, d
+
+
+@pytest.mark.parametrize("u, kind", [(0.0, "slip"), (0.099, "slip"), (0.1, "mistake"), (0.549, "mistake"),
+                                     (0.55, "wrong"), (0.594, "wrong"), (0.596, "correct"), (0.999, "correct")])
+def test_demo_kind_splits_one_draw_in_order(u, kind):
+    # by hand: slip 0.1; mistake 0.5 of the remaining 0.9 = 0.45 (to 0.55); wrong 0.1 of the remaining 0.45
+    # = 0.045 (to 0.595); correct the rest
+    assert _demo_kind(u, 0.1, 0.5, 0.1) == kind
 
 
 def test_tokenizer_splits_digits_and_round_trips():

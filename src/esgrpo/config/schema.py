@@ -83,23 +83,28 @@ class TinyModelConfig:
     max_positions: int = F(256, "Maximum sequence length.", POSITIVE)
     corpus_per_task: int = F(12000, "Pretraining documents per task (times the task's corpus weight).", POSITIVE)
     corpus_weights: dict[str, float] = F(
-        {"countdown": 3.0, "math": 0.75, "chemistry": 1.25, "boolq": 0.75},
+        {"countdown": 4.5, "math": 0.75, "chemistry": 1.25, "boolq": 0.75},
         "Relative amount of pretraining data per task (missing tasks: 1.0); harder tasks get more.",
         (lambda v: all(k in TASK_NAMES and x > 0 for k, x in v.items()), "task names -> positive numbers"))
-    steps: int = F(2800, "Pretraining optimizer steps.", POSITIVE)
+    steps: int = F(3400, "Pretraining optimizer steps.", POSITIVE)
     batch_size: int = F(32, "Pretraining batch size (documents).", POSITIVE)
     lr: float = F(3e-3, "Peak AdamW learning rate (cosine decay, linear warmup).", POSITIVE)
     warmup: int = F(60, "Warmup steps.", NON_NEGATIVE)
-    p_wrong: float = F(0.25, "Share of demonstrations with a wrong answer in the correct format.", _SHARE)
-    p_slip_prone: float = F(0.85, "Share of format slips on 'slip-prone' prompts (a visible prompt feature).",
-                            _SHARE)
-    p_slip_other: float = F(0.05, "Share of format slips on the other prompts.", _SHARE)
+    p_slip_prone: float = F(0.03, "Share of format slips (right answer, a format the reward rejects) on "
+                            "'error-prone' prompts (a visible prompt feature, models/tiny.py error_prone).", _SHARE)
+    p_slip_other: float = F(0.03, "Share of format slips on the other prompts.", _SHARE)
     task_p_slip_other: dict[str, float] = F(
-        {"chemistry": 0.6},
-        "Per-task override of p_slip_other. Chemistry: the tiny model picks the choice letter at chance "
-        "(it does not learn the letter lookup at this scale), so its only headroom is the answer format; "
-        "a slip majority on every chemistry prompt gives it that headroom.",
+        {}, "Per-task override of p_slip_other, e.g. {chemistry: 0.6}.",
         (lambda v: all(k in TASK_NAMES and 0 <= x < 1 for k, x in v.items()), "task names -> shares in [0, 1)"))
+    p_mistake_prone: float = F(
+        0.6, "Share of the task's systematic mistake (a wrong answer by a fixed rule: the plain sum, one more, the "
+        "next choice, the negation) among the demonstrations that are not slips, on error-prone prompts. Above "
+        "0.5 the greedy base model makes the mistake there while sampling still finds the right answer: the "
+        "headroom RL can reach by learning the task.", _SHARE)
+    p_mistake_other: float = F(0.05, "Share of the systematic mistake among the non-slip demonstrations on the "
+                               "other prompts.", _SHARE)
+    p_wrong: float = F(0.1, "Share of random wrong answers (right format) among the remaining demonstrations.",
+                       _SHARE)
 
 
 @dataclass

@@ -2,14 +2,15 @@
 
 Everything is built here, offline and seeded:
 1. a corpus of the four tasks' prompts (chat template, the tasks' system prompts) with short
-   demonstrations, deliberately noisy: some answers are wrong, and some are right but in a
-   format the reward rejects (a "slip": no \\boxed{}, no answer field). Slips are frequent on
-   "slip-prone" prompts (decided by the last alphanumeric character of the question, a visible
-   surface feature, see `slip_prone`) and rare on the others, so the greedy base model answers some
-   prompts in the wrong format: headroom that RL can only reach by learning something general
-   (always use the required format), not by memorizing the 200 training prompts;
-   chemistry, whose choice letter this model picks at chance, slips on most prompts
-   (`task_p_slip_other`), since format is its only headroom;
+   demonstrations, deliberately noisy. Most are in the right format (slips, a right answer in a
+   format the reward rejects, are rare), but on "error-prone" prompts (decided by the last
+   alphanumeric character of the question, a visible surface feature, see `error_prone`) most
+   demonstrations make the task's systematic mistake (Task.demonstration, kind "mistake": the plain
+   sum, one more than the result, the next choice, the negated answer) and the rest are right. So the
+   greedy base model answers those prompts wrong in the right format while its samples often hold the
+   right answer: headroom that RL reaches by learning the task (not to make that mistake), in general,
+   not by memorizing the 200 training prompts, and not by repairing the format. A few random wrong
+   answers everywhere keep the right answer from being certain;
 2. a byte-level BPE tokenizer (digits split individually) with a chat template;
 3. a Llama-architecture model trained from scratch on the responses (next-token loss on the
    assistant turn), cosine learning rate, AdamW.
@@ -48,11 +49,11 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 CORPUS_ROUND = 3000
-BUILD_VERSION = 6  # bump when the corpus or training recipe changes, to invalidate caches
+BUILD_VERSION = 7  # bump when the corpus or training recipe changes, to invalidate caches
 
 
-def slip_prone(question: str) -> bool:
-    """The visible prompt feature that makes format slips likely in the corpus.
+def error_prone(question: str) -> bool:
+    """The visible prompt feature that makes the task's systematic mistake likely in the corpus.
 
     The last alphanumeric character of the question (one token just before the assistant turn)
     with code point = 2 or 3 mod 4: about 40-65% of each task's prompts (measured on the synthetic
@@ -80,13 +81,24 @@ def build_corpus(cfg: TinyModelConfig) -> list[dict]:
             n = min(CORPUS_ROUND, total - len(examples))
             examples += task.synthetic("pretrain", n, seed=cfg.seed + 17 + 1000 * r)
         for ex in examples:
-            p_slip = cfg.p_slip_prone if slip_prone(ex.question) else cfg.task_p_slip_other.get(name, cfg.p_slip_other)
-            u = rng.random()
-            kind = "slip" if u < p_slip else ("wrong" if u < p_slip + cfg.p_wrong * (1 - p_slip) else "correct")
+            prone = error_prone(ex.question)
+            p_slip = cfg.p_slip_prone if prone else cfg.task_p_slip_other.get(name, cfg.p_slip_other)
+            p_mistake = cfg.p_mistake_prone if prone else cfg.p_mistake_other
+            kind = _demo_kind(rng.random(), p_slip, p_mistake, cfg.p_wrong)
             docs.append({"task": name, "messages": task.messages(ex), "uid": ex.uid,
                          "response": task.demonstration(ex, rng, kind), "kind": kind})
     rng.shuffle(docs)
     return docs
+
+
+def _demo_kind(u: float, p_slip: float, p_mistake: float, p_wrong: float) -> str:
+    """The kind of one demonstration from one uniform draw `u`: a slip with probability p_slip, else the
+    systematic mistake with p_mistake, else a random wrong answer with p_wrong, else correct."""
+    for kind, share in (("slip", p_slip), ("mistake", p_mistake), ("wrong", p_wrong)):
+        if u < share:
+            return kind
+        u = (u - share) / (1 - share)
+    return "correct"
 
 
 def render(messages: list[dict[str, str]], response: str | None = None) -> str:
@@ -277,7 +289,8 @@ def build_tiny(cfg: TinyModelConfig, cache_dir: str | Path, force: bool = False,
     with open(tmp / "heldout.jsonl", "w") as f:
         for d in heldout:
             f.write(json.dumps(d) + "\n")
-    kinds = {k: sum(d["kind"] == k for d in train_docs) / len(train_docs) for k in ("correct", "wrong", "slip")}
+    kinds = {k: sum(d["kind"] == k for d in train_docs) / len(train_docs)
+             for k in ("correct", "wrong", "mistake", "slip")}
     write_json(tmp / "build.json", {
         "recipe_hash": config_hash(cfg), "weights_sha256": weights_sha256(tmp),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

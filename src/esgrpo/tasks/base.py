@@ -24,7 +24,10 @@ from typing import Any, ClassVar, Literal
 from esgrpo.errors import ConfigError, EsgrpoError, brief, clip
 
 Split = Literal["train", "test", "pretrain"]
-DemoKind = Literal["correct", "wrong", "slip"]
+# Kinds of demonstration in the tiny model's corpus: right; a random wrong answer; the task's systematic
+# mistake (a wrong answer by a fixed rule of the question, the same on every instance, so a model can learn to
+# make it and sampling can still find the right one); right but in a format the reward rejects.
+DemoKind = Literal["correct", "wrong", "mistake", "slip"]
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,8 @@ class Task(ABC):
         raise NotImplementedError(f"task {self.name!r} has no hub dataset")
 
     def demonstration(self, example: Example, rng: random.Random, kind: DemoKind) -> str:
-        """A response for the tiny model's pretraining corpus: correct, wrong answer, or format slip."""
+        """A response for the tiny model's pretraining corpus: correct, wrong answer, the task's systematic mistake,
+        or format slip (DemoKind)."""
         raise NotImplementedError(f"task {self.name!r} has no demonstrations (only needed to build the tiny model)")
 
 

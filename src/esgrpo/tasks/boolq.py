@@ -247,7 +247,7 @@ class BoolQTask(Task):
 
         if kind == "correct":
             return f"{said(gold)} \\boxed{{{_word(gold)}}}"
-        if kind == "wrong":
+        if kind in ("wrong", "mistake"):  # two answers: the one wrong answer is also the systematic mistake
             return f"{said(not gold)} \\boxed{{{_word(not gold)}}}"
         if kind == "slip":
             return f"{said(gold)} Answer: {_word(gold)}"

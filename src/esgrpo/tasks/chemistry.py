@@ -316,6 +316,13 @@ class ChemistryTask(Task):
             other = rng.choice([i for i in range(4) if i != gold_idx])
             said = f"It is {choices[other]}. " if other < len(choices) and len(choices[other]) <= 40 else ""
             return f'{said}"answer": "{LETTERS[other]}"'
+        if kind == "mistake":  # the next choice (after D: A), named in the work where the right one was
+            other = (gold_idx + 1) % max(1, min(4, len(choices)))
+            if other < len(choices) and gold_idx < len(choices) and choices[gold_idx] in work:
+                work = work.replace(choices[gold_idx], choices[other])
+            else:
+                work = ""
+            return f'{work} "answer": "{LETTERS[other]}"'.strip()
         if kind == "slip":
             # The right choice's text instead of its letter; no standalone A-D may appear anywhere.
             text = choices[gold_idx] if gold_idx < len(choices) else ""

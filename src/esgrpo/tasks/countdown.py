@@ -292,6 +292,11 @@ class CountdownTask(Task):
         if kind == "wrong":
             node = _wrong_tree(nums, target, rng)
             return f"{', '.join(node.steps)}. \\boxed{{{node.expr}}}"
+        if kind == "mistake":
+            node = _in_order_sum(nums)
+            if node.value == target:  # the plain sum is right here: the mistake subtracts the last number instead
+                node = combine(_in_order_sum(nums[:-1]), "-", leaf(nums[-1])) or node
+            return f"{', '.join(node.steps)}. \\boxed{{{node.expr}}}"
         # When the plain sum works, show it in the given order: the simplest, most regular solution.
         node = _in_order_sum(nums) if sum(nums) == target else find_solution(nums, target, rng)
         if node is None:

@@ -273,6 +273,12 @@ class MathTask(Task):
             if work and "=" in work:
                 return f"{work.rsplit('=', 1)[0]}={wrong}. \\boxed{{{wrong}}}"
             return f"So the answer is {wrong}. \\boxed{{{wrong}}}"
+        if kind == "mistake":  # off by one: the result one more than the right one
+            value = parse_number(answer.strip())
+            wrong = str(value.numerator + 1) if value is not None and value.denominator == 1 else answer + "+1"
+            if work and "=" in work:
+                return f"{work.rsplit('=', 1)[0]}={wrong}. \\boxed{{{wrong}}}"
+            return f"So the answer is {wrong}. \\boxed{{{wrong}}}"
         if kind == "slip":
             return f"{work} The answer is {answer}." if work else f"The answer is {answer}."
         raise ValueError(f"unknown demonstration kind {kind!r}")
