@@ -14,7 +14,15 @@ from esgrpo.config import from_dict
 from esgrpo.errors import ConfigError
 from esgrpo.runs import RunDir
 from esgrpo.tasks.base import Example, Task
-from esgrpo.train.grpo import GRPOConfig, accumulate_gradients, group_advantages, grpo_loss, train_grpo
+from esgrpo.train.grpo import (
+    GRPOConfig,
+    _shared_prompts,
+    accumulate_gradients,
+    group_advantages,
+    grpo_loss,
+    micro_batches,
+    train_grpo,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Hand-checked pieces
@@ -296,3 +304,44 @@ def test_init_optimizer_carries_adam_moments_but_not_the_schedule(tmp_path):
     assert float(new["state"][k]["step"]) == 1
     assert carried["param_groups"][0]["initial_lr"] == pytest.approx(5e-4)  # this run's schedule
     assert not torch.equal(carried["state"][k]["exp_avg_sq"], new["state"][k]["exp_avg_sq"])
+
+
+def test_micro_batches_by_hand():
+    prompts = [[1]] * 4 + [[2, 2, 2]] * 4  # two groups of 4, the second with the longer prompt
+    responses = [[5], [5, 5], [], [5]] + [[5]] * 4
+    # per response, similar lengths together: prompt + response lengths 2, 3, 1, 2, then 4 x 4 (a stable sort)
+    assert micro_batches(prompts, responses, 3) == [[2, 0, 3], [1, 4, 5], [6, 7]]
+    # shared prompts: whole groups (size 8 holds both; size 4 one each) ...
+    assert micro_batches(prompts, responses, 8, group_size=4) == [[0, 1, 2, 3, 4, 5, 6, 7]]
+    assert micro_batches(prompts, responses, 5, group_size=4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    # ... or `size` responses of one group, never two prompts' responses in a chunk
+    assert micro_batches(prompts, responses, 3, group_size=4) == [[3], [0, 1, 2], [4, 5, 6], [7]]
+    assert _shared_prompts([[1], [1], [2], [2], [2], [1]]) == ([[1], [2], [1]], [2, 3, 1])
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_shared_prompt_gives_the_same_loss_and_gradient(beta):
+    """grpo.shared_prompt computes each prompt once per group: the step's loss, KL and gradient equal the
+    per-response forward's to float tolerance, whatever the micro-batch size."""
+    policy = make_micro_policy()
+    ref = copy.deepcopy(policy.model)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    prompts = policy.encode([[{"role": "user", "content": q}] for q in ("Is the sky blue?", "Compute 7+5*3.")])
+    prompt_ids = [prompts[0]] * 3 + [prompts[1]] * 3
+    response_ids = [[5, 6, 7], [8], [], [9, 10, 11, 12, 13], [14, 15], [16, 17, 18, 19]]
+    adv = torch.tensor([1.0, -0.5, -0.5, 0.3, 0.0, -0.3])
+    results = []
+    for shared, mbs in ((False, 6), (True, 6), (True, 2)):
+        cfg = GRPOConfig(micro_batch_size=mbs, group_size=3, beta=beta, max_new_tokens=6, shared_prompt=shared)
+        policy.model.zero_grad(set_to_none=True)
+        out = accumulate_gradients(policy, prompt_ids, response_ids, adv, cfg, ref, track_kl=True)
+        results.append((out, [p.grad.clone() for _, p in policy.named_parameters()]))
+    (base, base_grads), *others = results
+    for out, grads in others:
+        assert out["loss"] == pytest.approx(base["loss"], rel=1e-5, abs=1e-7)
+        assert out["kl"] == pytest.approx(base["kl"], rel=1e-4) and out["tokens"] == base["tokens"]
+        for g, g0 in zip(grads, base_grads, strict=True):
+            torch.testing.assert_close(g, g0, rtol=1e-4, atol=1e-6)
+    assert any(g.abs().max() > 0 for g in base_grads)

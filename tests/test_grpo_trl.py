@@ -44,6 +44,7 @@ def test_field_map_values(tmp_path):
     ({"gen_batch_size": 32}, False, "grpo.gen_batch_size"),
     ({}, True, "prompt.stop"),
     ({"micro_batch_size": 5}, False, "grpo.micro_batch_size"),
+    ({"shared_prompt": True}, False, "grpo.shared_prompt"),
 ])
 def test_a_setting_trl_cannot_honour_is_refused_by_name(tmp_path, change, stop, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -82,3 +82,16 @@ def test_precision_table_summarizes_each_runs_audit(tmp_path):
     assert header[2] == "updates"
     assert table == [["math", "ES", "2", "37.5", "0.7000", "0.8000", "1.2500"]]
     assert precision_table({"tasks": {"math": {"runs": {}}}}) is None  # runs without an audit: no table
+
+
+def test_theory_norm_table_with_a_grpo_run_that_did_not_move():
+    """A GRPO run whose every group tied (zero advantages) leaves the weights where they were: the norm
+    table says so instead of dividing by zero."""
+    from esgrpo.config import GRPOConfig
+    from esgrpo.report.theory import _norm_rows
+
+    a = {"es_short_iterations": 1,
+         "weights": {"math": {"norms": {"es_long": {"total": {"abs": 1.5}}, "grpo": {"total": {"abs": 0.0}}}}}}
+    walks = {"math": {"alpha": 0.01, "population": 4, "iterations": 2, "d": 100}}
+    (row,) = _norm_rows(a, walks, GRPOConfig(steps=1))
+    assert row[0] == "math" and row[-1].endswith("/ - (GRPO did not move)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from esgrpo.rollout import left_pad, positions, sample_from_logits
@@ -134,3 +135,80 @@ def test_logprobs_at_response_positions_only_equal_the_full_sequence_ones():
     torch.testing.assert_close(kept, full, rtol=1e-6, atol=1e-6)
     for g_kept, g_full in zip(grads_kept, grads_full, strict=True):
         torch.testing.assert_close(g_kept, g_full, rtol=1e-5, atol=1e-7)
+
+
+def test_shared_prompt_logprobs_equal_the_per_response_ones():
+    """grpo.shared_prompt: each prompt computed once for its group (its keys and values repeated), the responses
+    on them. Log-probs and gradients equal the per-response forward's to float tolerance, with prompts of
+    different lengths (left padding), responses of different lengths (right padding) and an empty response."""
+    from esgrpo.config import ModelConfig
+    from esgrpo.models import load_policy
+    from esgrpo.rollout import response_logprobs, shared_prompt_logprobs
+
+    policy = load_policy(ModelConfig(name="tiny", threads=1))
+    prompts = policy.encode(MSGS)
+    assert len({len(p) for p in prompts}) > 1
+    counts = [3, 1, 2]
+    rep = [p for p, c in zip(prompts, counts, strict=True) for _ in range(c)]
+    gen = policy.generate(rep, max_new_tokens=10, temperature=1.0, seeds=list(range(len(rep))))
+    responses = [list(r) for r in gen.response_ids]
+    responses[1] = []  # an empty response: no tokens, masked everywhere
+    responses[2], responses[4] = responses[2][:4], responses[4][:1]  # ragged lengths: right padding
+    assert len({len(r) for r in responses}) > 2
+    params = [p for _, p in policy.named_parameters()]
+    weights = torch.linspace(0.5, 1.5, len(rep))[:, None]  # a loss that weighs rows differently
+    shared, mask_s = shared_prompt_logprobs(policy.model, prompts, counts, responses, policy.pad_id, 0.9)
+    grads_s = torch.autograd.grad((shared * weights).sum(), params)
+    each, mask_e = response_logprobs(policy.model, rep, responses, policy.pad_id, 0.9)
+    grads_e = torch.autograd.grad((each * weights).sum(), params)
+    assert torch.equal(mask_s, mask_e) and mask_s[1].sum() == 0
+    torch.testing.assert_close(shared, each, rtol=1e-5, atol=1e-5)
+    for g_s, g_e in zip(grads_s, grads_e, strict=True):
+        torch.testing.assert_close(g_s, g_e, rtol=1e-4, atol=2e-5)
+
+
+def test_shared_prompt_logprobs_refuse_counts_that_do_not_add_up():
+    from esgrpo.rollout import shared_prompt_logprobs
+
+    with pytest.raises(ValueError, match="counts"):
+        shared_prompt_logprobs(torch.nn.Linear(1, 1), [[1, 2]], [2], [[3]], 0)
+
+
+def test_common_prefix_and_middle_padding_by_hand():
+    from esgrpo.rollout import common_prefix, middle_pad
+
+    seqs = [[1, 2, 3, 4], [1, 2, 3, 9, 9, 9], [1, 2, 5]]
+    assert common_prefix(seqs) == 2 and common_prefix([[1, 2], [1, 2, 3]]) == 2 and common_prefix([[4], [5]]) == 0
+    ids, mask = middle_pad(seqs, 2, 0, torch.device("cpu"))
+    assert ids.tolist() == [[1, 2, 0, 0, 3, 4], [1, 2, 3, 9, 9, 9], [1, 2, 0, 0, 0, 5]]
+    assert mask.tolist() == [[1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 1]]
+    # every real token keeps the position it has left-padded
+    assert positions(mask).tolist() == [[0, 1, 1, 1, 2, 3], [0, 1, 2, 3, 4, 5], [0, 1, 1, 1, 1, 2]]
+
+
+def test_shared_prefix_generation_matches_the_full_prefill():
+    """es.shared_prefix: the prompts' common prefix (here a two-shot prefix) is prefilled once with one row and
+    broadcast to the batch. The first logits equal the full prefill's to float tolerance, and the greedy
+    responses are the same (a token may only differ where two are nearly tied; none is here)."""
+    from esgrpo.config import DataConfig, ModelConfig, PromptConfig
+    from esgrpo.models import load_policy
+    from esgrpo.models.lean_llama import LlamaStepper
+    from esgrpo.rollout import common_prefix, generate, middle_pad
+    from esgrpo.tasks import get_task
+    from esgrpo.tasks.prompting import make_task
+
+    policy = load_policy(ModelConfig(name="tiny", threads=1))
+    task = make_task("math", PromptConfig(shots=2), DataConfig())
+    prompts = task.prompt_ids(policy, get_task("math").synthetic("test", 12, seed=3))
+    shared = common_prefix(prompts)
+    assert shared >= 40 and len({len(p) for p in prompts}) > 1  # a real shared prefix, ragged rests
+    full_ids, full_mask = left_pad(prompts, policy.pad_id, policy.device)
+    full = LlamaStepper(policy.model, len(prompts), full_ids.shape[1] + 1)(full_ids, full_mask, positions(full_mask))
+    ids, mask = middle_pad(prompts, shared, policy.pad_id, policy.device)
+    step = LlamaStepper(policy.model, len(prompts), ids.shape[1] + 1)
+    step(ids[:1, :shared], mask[:1, :shared], positions(mask)[:1, :shared])
+    split = step(ids[:, shared:], mask, positions(mask)[:, shared:])
+    torch.testing.assert_close(split, full, rtol=1e-4, atol=1e-4)
+    kw = {"eos_ids": policy.eos_ids, "pad_id": policy.pad_id, "max_new_tokens": 12}
+    assert generate(policy.model, prompts, shared_prefix=True, **kw).response_ids == \
+        generate(policy.model, prompts, **kw).response_ids

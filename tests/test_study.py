@@ -132,3 +132,36 @@ def test_a_study_config_built_in_python_is_validated_before_anything_is_written(
     with pytest.raises(ConfigError, match=r"analysis\.probe_points"):
         run_study(bad)
     assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.slow
+def test_the_real_model_study_config_runs_end_to_end_on_tiny(tmp_path, cache_dir):
+    """configs/study-smollm2.yaml with the tiny model in SmolLM2's place and tiny budgets: its own settings
+    (few-shot prompts, the stop rule, GRPO with shared prompts and a constant lr, ES checkpoints every
+    iteration, the math -> boolq sequence) run end to end into a report."""
+    from pathlib import Path
+
+    from esgrpo.config import load_config
+
+    cfg = load_config(StudyConfig, Path(__file__).parents[1] / "configs" / "study-smollm2.yaml")
+    assert cfg.model.name == "smollm2-135m" and cfg.grpo.shared_prompt and cfg.prompt.shots == 2
+    r = dataclasses.replace
+    cfg = r(cfg, model=r(cfg.model, name="tiny", cache_dir=cache_dir),
+            data=r(cfg.data, n_train=12, n_test=6), generation=r(cfg.generation, max_new_tokens=16),
+            es=r(cfg.es, population=4, iterations=1, batch_size=4, max_new_tokens=16),
+            grpo=r(cfg.grpo, steps=1, prompts_per_step=2, group_size=4, max_new_tokens=16, lr=1e-3),
+            out=str(tmp_path / "s"),
+            analysis=r(cfg.analysis, n_examples=4, alphas=3, probe_points=2, probe_n_examples=4, kl_prompts=2),
+            sequential=r(cfg.sequential, n_test=6, kl_prompts=2))
+    res = run_study(cfg)
+    assert set(res["tasks"]) == {"math", "boolq"}
+    for task in ("math", "boolq"):
+        import yaml
+
+        run = yaml.safe_load((tmp_path / "s" / "runs" / f"{task}-grpo" / "config.yaml").read_text())
+        assert run["grpo"]["shared_prompt"] is True and run["prompt"]["shots"] == 2
+    seq = json.loads((tmp_path / "s" / "sequence" / "sequence.json").read_text())
+    assert seq["settings"]["order"] == ["math", "boolq"]
+    assert all([x["task"] for x in seq["methods"][m]["stages"]] == ["math", "boolq"]
+               for m in ("es_short", "es_long", "grpo"))
+    assert "## Sequential" in (tmp_path / "s" / "report.md").read_text()

@@ -48,6 +48,34 @@ def left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[
     return ids.to(device), mask.to(device)
 
 
+def common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the longest token prefix every sequence starts with."""
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        n = next((i for i in range(n) if s[i] != first[i]), n)
+    return n
+
+
+def middle_pad(seqs: list[list[int]], prefix: int, pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(input_ids, attention_mask) with the padding between a shared prefix of `prefix` tokens and the rest:
+    [prefix | pad | rest]. With positions() the real tokens get the positions they have left-padded."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :prefix] = torch.tensor(s[:prefix], dtype=torch.long)
+        mask[i, :prefix] = 1
+        rest = s[prefix:]
+        if rest:
+            ids[i, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+            mask[i, width - len(rest):] = 1
+    return ids.to(device), mask.to(device)
+
+
+# A shared prompt prefix shorter than this is not worth a separate prefill.
+MIN_SHARED_PREFIX = 8
+
+
 def positions(mask: Tensor) -> Tensor:
     """Position ids that ignore left padding."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
@@ -78,13 +106,18 @@ def sample_from_logits(logits: Tensor, temperature: float, top_p: float,
 def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_ids: set[int], pad_id: int,
              max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
              seeds: list[int] | None = None, return_logprobs: bool = False,
-             decode=None, lean: bool = True, stop: Callable[[str], bool] | None = None) -> Generation:
+             decode=None, lean: bool = True, stop: Callable[[str], bool] | None = None,
+             shared_prefix: bool = False) -> Generation:
     """Decode a batch of prompts; stops each row at its first EOS and the batch when all rows stopped.
 
     lean: use the lean Llama step (models/lean_llama.py) where it applies: it computes the same logits as
     the model's generic forward (used for every other architecture, and with lean=False), and it drops
     finished rows from the batch instead of decoding padding for them. stop: a rule on a row's decoded
-    response (needs `decode`) that ends it early, e.g. once its answer is complete."""
+    response (needs `decode`) that ends it early, e.g. once its answer is complete. shared_prefix: on the lean
+    path, the prompts' common token prefix (a few-shot prefix) is computed once, with batch 1, and its keys and
+    values written to every row; the rest of each prompt follows it (padding between the two, middle_pad).
+    The same arithmetic as the full prefill up to float rounding (the prefix's matrix products run on one row
+    instead of B), so a token can differ where two are nearly tied: off by default, unused by the generic path."""
     from esgrpo.models.lean_llama import stepper
 
     device = next(model.parameters()).device
@@ -94,9 +127,18 @@ def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_ids: se
         if len(seeds) != B:
             raise ValueError(f"need one seed per prompt: {len(seeds)} seeds for {B} prompts")
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    ids, mask = left_pad(prompt_ids, pad_id, device)
-    step = stepper(model, B, ids.shape[1] + max_new_tokens, lean=lean)
-    logits = step(ids, mask, positions(mask))
+    step = stepper(model, B, max(len(p) for p in prompt_ids) + max_new_tokens, lean=lean)
+    # The common prefix leaves at least one token per prompt, whose logits start the decoding.
+    shared = min(common_prefix(prompt_ids), min(len(p) for p in prompt_ids) - 1) \
+        if shared_prefix and step.can_share and B > 1 else 0
+    if shared >= MIN_SHARED_PREFIX:
+        ids, mask = middle_pad(prompt_ids, shared, pad_id, device)
+        pos_all = positions(mask)
+        step(ids[:1, :shared], mask[:1, :shared], pos_all[:1, :shared])  # written to every row
+        logits = step(ids[:, shared:], mask, pos_all[:, shared:])
+    else:
+        ids, mask = left_pad(prompt_ids, pad_id, device)
+        logits = step(ids, mask, positions(mask))
     pos = positions(mask)[:, -1]
     eos = torch.tensor(sorted(eos_ids), device=device)
     rows = torch.arange(B, device=device)  # the batch rows still decoding, in order
@@ -185,9 +227,80 @@ def _takes_logits_to_keep(cls: type) -> bool:  # once per model class, not once 
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
+def shared_prompt_log_softmax(model: torch.nn.Module, prompts: list[list[int]], counts: list[int],
+                              response_ids: list[list[int]], pad_id: int,
+                              temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """response_log_softmax for responses that share prompts, each distinct prompt computed once.
+
+    `prompts[j]` is the prompt of the next `counts[j]` responses (GRPO's group of K samples of one prompt).
+    1. the prompts alone, left-padded, keeping their keys and values (with their graph) and the logits of
+       their last position (which predict response token 0);
+    2. those keys and values repeated `counts[j]` times, and the responses run on them at positions that
+       continue each prompt, giving the logits that predict response tokens 1..T-1.
+    The backward pass then also goes through each prompt once instead of once per response. The values equal
+    response_log_softmax's up to float rounding (the attention sums over the prompt are split differently).
+    Needs a Hugging Face model that fills a `DynamicCache` passed as `cache` (`.layers[i].keys/.values`).
+    """
+    if len(prompts) != len(counts) or sum(counts) != len(response_ids) or min(counts, default=1) < 1:
+        raise ValueError(f"{len(prompts)} prompts with counts {counts} for {len(response_ids)} responses")
+    device = next(model.parameters()).device
+    U, B = len(prompts), len(response_ids)
+    P = max(len(p) for p in prompts)
+    T = max(1, max(len(r) for r in response_ids))
+    p_ids = torch.full((U, P), pad_id, dtype=torch.long)
+    p_attn = torch.zeros((U, P), dtype=torch.long)
+    for j, p in enumerate(prompts):
+        p_ids[j, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        p_attn[j, P - len(p):] = 1
+    r_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    resp_mask = torch.zeros((B, T), dtype=torch.float32)
+    for i, r in enumerate(response_ids):
+        if r:
+            r_ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            resp_mask[i, :len(r)] = 1
+    p_ids, p_attn, r_ids, resp_mask = p_ids.to(device), p_attn.to(device), r_ids.to(device), resp_mask.to(device)
+    repeats = torch.tensor(counts, device=device)
+
+    # 1. The prompts once: their cache and the distribution of response token 0.
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)  # filled in place (the model's `cache` argument)
+    kwargs = {"logits_to_keep": 1} if _keeps_logits(model) else {}
+    out = model(input_ids=p_ids, attention_mask=p_attn, position_ids=positions(p_attn), cache=cache, use_cache=True,
+                **kwargs)
+    first = out.logits[:, -1:, :].repeat_interleave(repeats, dim=0)
+    if T == 1:
+        logits = first.float()
+    else:
+        # 2. The responses on the repeated prompt cache (a response's pad tail is masked, never attended to).
+        for layer in cache.layers:
+            layer.keys = layer.keys.repeat_interleave(repeats, dim=0)
+            layer.values = layer.values.repeat_interleave(repeats, dim=0)
+        r_attn = (resp_mask > 0).long()
+        r_attn[:, 0] = 1  # an empty response still has its (ignored) first position
+        attn = torch.cat([p_attn.repeat_interleave(repeats, dim=0), r_attn], dim=1)
+        start = p_attn.sum(dim=1).repeat_interleave(repeats)[:, None]
+        pos = start + torch.arange(T, device=device)[None, :]
+        rest = model(input_ids=r_ids[:, :T - 1], attention_mask=attn[:, :P + T - 1], position_ids=pos[:, :T - 1],
+                     cache=cache, use_cache=True).logits
+        logits = torch.cat([first, rest], dim=1).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1), resp_mask, r_ids
+
+
 def response_logprobs(model: torch.nn.Module, prompt_ids: list[list[int]], response_ids: list[list[int]],
                       pad_id: int, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """Per-token log pi(response | prompt), differentiable: (logprobs, mask), both (B, T)."""
     logp, resp_mask, targets = response_log_softmax(model, prompt_ids, response_ids, pad_id, temperature)
+    lp = logp.gather(-1, targets[..., None]).squeeze(-1)
+    return lp * resp_mask, resp_mask
+
+
+def shared_prompt_logprobs(model: torch.nn.Module, prompts: list[list[int]], counts: list[int],
+                           response_ids: list[list[int]], pad_id: int,
+                           temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """response_logprobs with each distinct prompt computed once (shared_prompt_log_softmax): (logprobs, mask)."""
+    logp, resp_mask, targets = shared_prompt_log_softmax(model, prompts, counts, response_ids, pad_id, temperature)
     lp = logp.gather(-1, targets[..., None]).squeeze(-1)
     return lp * resp_mask, resp_mask

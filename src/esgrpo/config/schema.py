@@ -197,6 +197,11 @@ class ESConfig:
     max_new_tokens: int = F(48, "Maximum generated tokens per response (the paper: 1024).", POSITIVE)
     gen_batch_size: int = F(64, "Prompts per generation micro-batch (bounds memory; responses do not "
                             "depend on it by design, but float sums may round differently).", POSITIVE)
+    shared_prefix: bool = F(
+        False, "Compute the prompts' common token prefix (a few-shot prefix) once per member and generation batch "
+        "instead of once per prompt (Llama models on the lean decoding path). The same arithmetic up to float "
+        "rounding, so a greedy token can flip where two are nearly tied; several times less prefill with long "
+        "few-shot prompts.")
     antithetic: bool = F(False, "Mirrored sampling: score every seed at +eps and -eps (2N members, z-scored "
                          "together). Not in the paper.")
     kl_every: int = F(0, "Measure KL(policy || base) on sampled responses every k iterations (0 = off). "
@@ -274,6 +279,12 @@ class GRPOConfig:
                              NON_NEGATIVE)
     micro_batch_size: int = F(16, "Responses per forward/backward (gradient accumulation bounds memory; "
                               "the gradient does not depend on it up to float rounding).", POSITIVE)
+    shared_prompt: bool = F(
+        False, "Compute each prompt once per group for the loss (its keys and values repeated for its group_size "
+        "responses, forward and backward) instead of once per response: the same loss and gradient up to float "
+        "rounding, several times less work with long (few-shot) prompts. Micro-batches then hold whole groups "
+        "(or micro_batch_size responses of one group). Hugging Face models with a DynamicCache only. Generation "
+        "then also computes the batch's common prompt prefix (a few-shot prefix) once (see es.shared_prefix).")
     kl_every: int = F(1, "Measure KL to the frozen base every k steps (0 = never; every step when beta > 0). "
                       "With beta = 0 a measurement: its time and the reference copy are accounted apart "
                       "from training.", NON_NEGATIVE, control=True)

@@ -35,6 +35,7 @@ class HFStepper:
     """The generic path: the model's own forward with a DynamicCache (any causal LM)."""
 
     can_select = False  # the batch keeps its rows until every row has finished
+    can_share = False  # no shared-prefix prefill (rollout.generate's shared_prefix)
 
     def __init__(self, model: torch.nn.Module, batch: int, max_len: int) -> None:
         from transformers import DynamicCache
@@ -53,6 +54,7 @@ class LlamaStepper:
     """The lean path for Llama: the same arithmetic as HFStepper on a static cache (see the module docstring)."""
 
     can_select = True  # finished rows can leave the batch
+    can_share = True  # a call with one row writes its keys and values to every row (a shared prompt prefix)
 
     def __init__(self, model: torch.nn.Module, batch: int, max_len: int) -> None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -113,9 +115,9 @@ class LlamaStepper:
             k = F.linear(h, att.k_proj.weight, att.k_proj.bias).view(shape).transpose(1, 2)
             v = F.linear(h, att.v_proj.weight, att.v_proj.bias).view(shape).transpose(1, 2)
             q, k = self.rope(q, k, cos, sin)
-            keys[:, :, start:end] = k
+            keys[:, :, start:end] = k  # one row (a shared prefix) broadcasts to every row of the cache
             values[:, :, start:end] = v
-            o, _ = self.attention(att, q, keys[:, :, :end], values[:, :, :end], att_mask, dropout=0.0,
+            o, _ = self.attention(att, q, keys[:B, :, :end], values[:B, :, :end], att_mask, dropout=0.0,
                                   scaling=att.scaling)
             x = x + F.linear(o.reshape(B, T, -1).contiguous(), att.o_proj.weight, att.o_proj.bias)
             h = self._rms_norm(layer.post_attention_layernorm, x)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from esgrpo.rollout import Generation, generate, response_logprobs
+from esgrpo.rollout import Generation, generate, response_logprobs, shared_prompt_logprobs
 
 
 class Policy:
@@ -63,9 +63,11 @@ class Policy:
 
     def generate(self, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seeds: list[int] | None = None, return_logprobs: bool = False,
-                 batch_size: int | None = None, stop: Callable[[str], bool] | None = None) -> Generation:
+                 batch_size: int | None = None, stop: Callable[[str], bool] | None = None,
+                 shared_prefix: bool = False) -> Generation:
         """Generate in micro-batches of `batch_size` prompts (results are batch-size independent); `stop`: a
-        rule on the decoded response that ends it early (rollout.generate)."""
+        rule on the decoded response that ends it early; `shared_prefix`: each micro-batch's common prompt
+        prefix computed once (rollout.generate)."""
         was_training = self.model.training
         self.model.eval()
         bs = batch_size or len(prompt_ids)
@@ -75,7 +77,7 @@ class Policy:
                 self.model, prompt_ids[s:s + bs], eos_ids=self.eos_ids, pad_id=self.pad_id,
                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                 seeds=None if seeds is None else seeds[s:s + bs], return_logprobs=return_logprobs,
-                decode=self.decode, stop=stop))
+                decode=self.decode, stop=stop, shared_prefix=shared_prefix))
         self.model.train(was_training)
         return Generation(
             response_ids=[r for p in parts for r in p.response_ids],
@@ -86,6 +88,12 @@ class Policy:
     def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]],
                  temperature: float = 1.0) -> tuple[Tensor, Tensor]:
         return response_logprobs(self.model, prompt_ids, response_ids, self.pad_id, temperature)
+
+    def shared_prompt_logprobs(self, prompts: list[list[int]], counts: list[int], response_ids: list[list[int]],
+                               temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        """logprobs for responses in groups: prompts[j] is the prompt of the next counts[j] responses, computed
+        once for them (rollout.shared_prompt_log_softmax)."""
+        return shared_prompt_logprobs(self.model, prompts, counts, response_ids, self.pad_id, temperature)
 
     def named_parameters(self) -> list[tuple[str, Tensor]]:
         """Trainable tensors in a stable order; tied weights appear once."""

@@ -81,7 +81,8 @@ def _norm_rows(a: dict[str, Any], walks: dict[str, Any], grpo: Any) -> list[list
         g = grpo_norm(schedule(grpo.lr, grpo.steps, grpo.lr_schedule, grpo.warmup_steps, grpo.schedule_steps), w["d"])
         rows.append([t, f"{_f(es_short, '.3g')} / {_f(measured.get('es_short'), '.3g')}",
                      f"{es_long:.3g} / {measured['es_long']:.3g}", f"{g:.3g} / {measured['grpo']:.3g}",
-                     f"{es_long / g:.3g} / {measured['es_long'] / measured['grpo']:.3g}"])
+                     f"{es_long / g:.3g} / " + (f"{measured['es_long'] / measured['grpo']:.3g}" if measured["grpo"]
+                                                else "- (GRPO did not move)")])
     return rows
 
 

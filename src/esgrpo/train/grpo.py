@@ -7,6 +7,7 @@ One step, top to bottom (see `train_grpo`):
     4. group-relative advantages                   A_i = (r_i - mean_g) / max(std_g, 1e-6)  (grpo)
                                                    A_i =  r_i - mean_g                       (dr_grpo)
     5. clipped surrogate loss, gradient accumulated over micro-batches of responses
+                                                   (grpo.shared_prompt: each prompt once per group)
     6. clip the gradient norm, AdamW step, linear LR schedule
     7. log a metrics row; checkpoint every `checkpoint_every` steps and at the end
 
@@ -55,7 +56,7 @@ from esgrpo.errors import ConfigError, EsgrpoError
 from esgrpo.memory import PeakMemory, sync, tensor_bytes
 from esgrpo.models.policy import Policy
 from esgrpo.progress import Progress
-from esgrpo.rollout import response_logprobs
+from esgrpo.rollout import response_logprobs, shared_prompt_logprobs
 from esgrpo.runs import RunDir
 from esgrpo.tasks.base import Example, Task, score_responses
 from esgrpo.train.budget import Budget
@@ -165,6 +166,36 @@ def schedule_horizon(cfg: GRPOConfig, planned_steps: int) -> int | None:
 # Gradient accumulation
 
 
+def micro_batches(prompt_ids: list[list[int]], response_ids: list[list[int]], size: int,
+                  group_size: int | None = None) -> list[list[int]]:
+    """Response indices per micro-batch, similar lengths together (less padding; the order does not change the
+    sum). With `group_size` (shared prompts; responses group-major, group_size per prompt) a micro-batch holds
+    whole groups, or `size` responses of one group when a group is larger, so its prompts repeat in runs."""
+    n = len(response_ids)
+    if group_size is None:
+        order = sorted(range(n), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
+        return [order[s:s + size] for s in range(0, n, size)]
+    chunk = min(group_size, size)
+    chunks = [list(range(g + c, min(g + group_size, g + c + chunk)))
+              for g in range(0, n, group_size) for c in range(0, group_size, chunk)]
+    chunks.sort(key=lambda c: len(prompt_ids[c[0]]) + max(len(response_ids[i]) for i in c))
+    per = max(1, size // chunk)
+    return [[i for c in chunks[s:s + per] for i in c] for s in range(0, len(chunks), per)]
+
+
+def _shared_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """Runs of equal prompts: (the distinct prompt of each run, the run's length)."""
+    distinct: list[list[int]] = []
+    counts: list[int] = []
+    for p in prompts:
+        if distinct and p == distinct[-1]:
+            counts[-1] += 1
+        else:
+            distinct.append(p)
+            counts.append(1)
+    return distinct, counts
+
+
 def accumulate_gradients(policy: Policy, prompt_ids: list[list[int]], response_ids: list[list[int]],
                          advantages: Tensor, cfg: GRPOConfig, ref_model: torch.nn.Module | None = None,
                          track_kl: bool = False) -> dict[str, float]:
@@ -178,11 +209,9 @@ def accumulate_gradients(policy: Policy, prompt_ids: list[list[int]], response_i
     use_ref = ref_model is not None and (cfg.beta > 0 or track_kl)
     if (cfg.beta > 0 or track_kl) and ref_model is None:
         raise ValueError("KL (beta > 0 or tracking) needs ref_model")
-    # Similar lengths together: less padding per micro-batch. The order does not change the sum.
-    order = sorted(range(n), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
     total = {"loss": 0.0, "tokens": 0.0, "clipped": 0.0, "kl_sum": 0.0, "t_ref": 0.0}
-    for s in range(0, n, cfg.micro_batch_size):
-        idx = order[s:s + cfg.micro_batch_size]
+    for idx in micro_batches(prompt_ids, response_ids, cfg.micro_batch_size,
+                             cfg.group_size if cfg.shared_prompt else None):
         p = [prompt_ids[i] for i in idx]
         r = [response_ids[i] for i in idx]
         a = advantages[idx].to(policy.device)
@@ -190,13 +219,16 @@ def accumulate_gradients(policy: Policy, prompt_ids: list[list[int]], response_i
             continue  # no tokens: nothing to learn or measure
         if not use_ref and not bool((a != 0).any()):
             continue  # all-zero advantages and no KL term: the gradient is exactly 0
+        shared = _shared_prompts(p) if cfg.shared_prompt else None
         logp_ref = None
         if use_ref:  # first, so the reference's activations are gone before the policy's graph is built
             t0 = time.perf_counter()
             with torch.no_grad():
-                logp_ref, _ = response_logprobs(ref_model, p, r, policy.pad_id, cfg.temperature)
+                logp_ref, _ = (shared_prompt_logprobs(ref_model, *shared, r, policy.pad_id, cfg.temperature)
+                               if shared else response_logprobs(ref_model, p, r, policy.pad_id, cfg.temperature))
             total["t_ref"] += time.perf_counter() - t0
-        logp, mask = policy.logprobs(p, r, temperature=cfg.temperature)
+        logp, mask = (policy.shared_prompt_logprobs(*shared, r, temperature=cfg.temperature) if shared
+                      else policy.logprobs(p, r, temperature=cfg.temperature))
         loss, stats = grpo_loss(logp, logp.detach(), a, mask, cfg.clip_eps, cfg.loss_type, cfg.max_new_tokens,
                                 logp_ref=logp_ref, beta=cfg.beta, num_responses=n)
         loss.backward()
@@ -402,7 +434,8 @@ def _train_step(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCo
     rep_prompts = [ids for ids in prompt_ids for _ in range(K)]
     seeds = [derive_seed(cfg.seed, step, 1, i) for i in range(P * K)]
     gen = policy.generate(rep_prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                          top_p=cfg.top_p, seeds=seeds, batch_size=cfg.gen_batch_size, stop=task.stop)
+                          top_p=cfg.top_p, seeds=seeds, batch_size=cfg.gen_batch_size, stop=task.stop,
+                          shared_prefix=cfg.shared_prompt)
     sync(device)
     t_gen = time.perf_counter()
 

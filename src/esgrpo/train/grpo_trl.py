@@ -27,7 +27,7 @@ Field map (ours -> TRL):
     temperature, top_p -> temperature, top_p (top_k 0);  max_new_tokens -> max_completion_length
     steps / max_rollouts -> max_steps (the planned steps);  max_grad_norm -> max_grad_norm;  seed -> seed
     checkpoint_every -> save_steps of TRL's own resumable checkpoints (`trl/checkpoint-*`)
-    no counterpart: gen_batch_size (TRL decodes a process's share of the step at once), prompt.stop
+    no counterpart: gen_batch_size (TRL decodes a process's share of the step at once), shared_prompt, prompt.stop
     (TRL stops at end-of-text or max_completion_length)
 
 Where TRL differs from the native loop (documented, not hidden):
@@ -88,6 +88,7 @@ FIELD_MAP = {
     "loss_type": "loss_type grpo + scale_rewards group | loss_type dr_grpo + scale_rewards none",
     "max_grad_norm": "max_grad_norm",
     "micro_batch_size": "per_device_train_batch_size (gradient_accumulation_steps: the rest of the step)",
+    "shared_prompt": "no counterpart: TRL scores every response with its whole prompt (default only)",
     "kl_every": "our measurement on TRL's samples when beta = 0 (TRL's own kl when beta > 0)",
     "checkpoint_every": "save_steps (TRL's resumable checkpoints) and our checkpoints/step-*",
     "seed": "seed, data_seed",
@@ -119,6 +120,9 @@ def trl_arguments(cfg: GRPOConfig, out: Path, planned_steps: int, *, world: int 
     if cfg.gen_batch_size != DEFAULTS.gen_batch_size:
         raise ConfigError(f"grpo.gen_batch_size = {cfg.gen_batch_size}: grpo.backend trl has no counterpart (TRL "
                           "decodes each process's share of a step at once); leave it at its default")
+    if cfg.shared_prompt:
+        raise ConfigError("grpo.shared_prompt: grpo.backend trl has no counterpart (TRL scores every response with "
+                          "its whole prompt); set grpo.shared_prompt false or use grpo.backend native")
     if stop:
         raise ConfigError("prompt.stop: grpo.backend trl has no counterpart (TRL stops a response at end-of-text "
                           "or grpo.max_new_tokens); set prompt.stop false or use grpo.backend native")

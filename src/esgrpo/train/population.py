@@ -79,7 +79,8 @@ def es_scorer(task: Task, cfg: Any) -> TaskScorer:
     """The scorer of an ES run (cfg: ESConfig): greedy, or sampling at the configured temperature and top_p."""
     sample = cfg.decoding == "sample"
     return TaskScorer(task, cfg.max_new_tokens, temperature=cfg.temperature if sample else 0.0,
-                      top_p=cfg.top_p if sample else 1.0, gen_batch_size=cfg.gen_batch_size)
+                      top_p=cfg.top_p if sample else 1.0, gen_batch_size=cfg.gen_batch_size,
+                      shared_prefix=cfg.shared_prefix)
 
 
 @dataclass
@@ -91,12 +92,14 @@ class TaskScorer:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     gen_batch_size: int | None = None
+    shared_prefix: bool = False  # the prompts' common prefix computed once (ESConfig.shared_prefix)
 
     def __call__(self, policy: Policy, batch: Batch) -> Score:
         t0 = time.perf_counter()
         out = policy.generate(batch.prompt_ids, max_new_tokens=self.max_new_tokens,
                               temperature=self.temperature, top_p=self.top_p, seeds=batch.sample_seeds,
-                              batch_size=self.gen_batch_size, stop=self.task.stop)
+                              batch_size=self.gen_batch_size, stop=self.task.stop,
+                              shared_prefix=self.shared_prefix)
         t1 = time.perf_counter()
         scores = score_responses(self.task, out.texts, batch.examples)
         t2 = time.perf_counter()
