@@ -244,21 +244,17 @@ def shared_prompt_log_softmax(model: torch.nn.Module, prompts: list[list[int]], 
     if len(prompts) != len(counts) or sum(counts) != len(response_ids) or min(counts, default=1) < 1:
         raise ValueError(f"{len(prompts)} prompts with counts {counts} for {len(response_ids)} responses")
     device = next(model.parameters()).device
-    U, B = len(prompts), len(response_ids)
+    B = len(response_ids)
     P = max(len(p) for p in prompts)
     T = max(1, max(len(r) for r in response_ids))
-    p_ids = torch.full((U, P), pad_id, dtype=torch.long)
-    p_attn = torch.zeros((U, P), dtype=torch.long)
-    for j, p in enumerate(prompts):
-        p_ids[j, P - len(p):] = torch.tensor(p, dtype=torch.long)
-        p_attn[j, P - len(p):] = 1
+    p_ids, p_attn = left_pad(prompts, pad_id, device)
     r_ids = torch.full((B, T), pad_id, dtype=torch.long)
     resp_mask = torch.zeros((B, T), dtype=torch.float32)
     for i, r in enumerate(response_ids):
         if r:
             r_ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
             resp_mask[i, :len(r)] = 1
-    p_ids, p_attn, r_ids, resp_mask = p_ids.to(device), p_attn.to(device), r_ids.to(device), resp_mask.to(device)
+    r_ids, resp_mask = r_ids.to(device), resp_mask.to(device)
     repeats = torch.tensor(counts, device=device)
 
     # 1. The prompts once: their cache and the distribution of response token 0.
