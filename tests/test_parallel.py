@@ -11,7 +11,7 @@ import pytest
 
 from esgrpo.config import RayConfig
 from esgrpo.errors import EsgrpoError
-from esgrpo.parallel import Job, run_jobs
+from esgrpo.parallel import Job, init_local, run_jobs
 
 ray = pytest.importorskip("ray")
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # so Ray workers can run this module's jobs
@@ -38,7 +38,7 @@ JOBS = [Job("a", square, (3,)), Job("b", square, (4,)), Job("sum", total, after=
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    init_local(num_cpus=2)
     yield RayConfig(workers=2)
     ray.shutdown()
 

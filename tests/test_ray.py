@@ -17,6 +17,7 @@ from esgrpo.checkpoints import same_weights
 from esgrpo.config import ESConfig, ModelConfig, RayConfig, TinyModelConfig
 from esgrpo.errors import EsgrpoError
 from esgrpo.models import load_policy, resolve_model_path
+from esgrpo.parallel import check_resources, connect, init_local
 from esgrpo.runs import RunDir
 from esgrpo.tasks import get_task, load_examples
 from esgrpo.train.es import train_es
@@ -44,7 +45,7 @@ def _ray_processes() -> list[psutil.Process]:
 @pytest.fixture(scope="module")
 def local_ray():
     assert not ray.is_initialized()
-    ray.init(num_cpus=CPUS, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    init_local(num_cpus=CPUS, log_to_driver=False)
     yield
     ray.shutdown()
     deadline = time.time() + 30
@@ -112,9 +113,15 @@ def test_a_worker_killed_mid_iteration_is_replaced_and_the_run_is_undisturbed(tm
     assert [r["worker_restarts"] for r in run.metrics()] == [0, 1, 1]
 
 
-def test_more_workers_than_cpus_fails_before_any_work(tmp_path, local_ray):
-    from esgrpo.parallel import check_resources, connect
+def test_a_local_ray_binds_and_connects_on_loopback_only(local_ray):
+    import ipaddress
 
+    node = ray._private.worker.global_worker.node  # started by init_local, as connect() starts it
+    for address in (node.node_ip_address, node.gcs_address.rpartition(":")[0]):
+        assert ipaddress.ip_address(address).is_loopback, address
+
+
+def test_more_workers_than_cpus_fails_before_any_work(tmp_path, local_ray):
     with pytest.raises(EsgrpoError, match=r"ray.workers = 5 x ray.cpus_per_worker = 1 needs 5 CPUs; the Ray "
                                           r"cluster has 3"):
         check_resources(RayConfig(workers=5), connect(RayConfig()))

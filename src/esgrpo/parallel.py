@@ -36,6 +36,20 @@ class Job:
     after: tuple[int, ...] = ()  # indices of jobs whose results this one needs (passed as `deps=`)
 
 
+# A local Ray lives on a loopback address. Ray rewrites 127.0.0.1 (and "localhost") to the machine's network
+# address before binding and connecting, so its processes would talk over that interface; any other address of
+# 127.0.0.0/8 is kept as given.
+LOCAL_RAY_IP = "127.0.0.2"
+
+
+def init_local(num_cpus: int | None = None, **kwargs: Any) -> None:
+    """`ray.init` of a local Ray whose processes bind and connect on the loopback address LOCAL_RAY_IP only."""
+    import ray
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", _node_ip_address=LOCAL_RAY_IP,
+             **kwargs)
+
+
 def connect(cfg: RayConfig) -> dict[str, float]:
     """Start a local Ray (address empty) or join a cluster; returns its resources. Every failure is one
     EsgrpoError naming the address, within `connect_timeout` seconds."""
@@ -54,7 +68,7 @@ def connect(cfg: RayConfig) -> dict[str, float]:
             if cfg.address:
                 ray.init(address=cfg.address, logging_level="ERROR")
             else:
-                ray.init(num_cpus=cfg.cpus or None, include_dashboard=False, logging_level="ERROR")
+                init_local(num_cpus=cfg.cpus or None)
         except Exception as e:  # ConnectionError, RuntimeError, ...: one line, not a Ray traceback
             where = f"ray.address = {cfg.address!r}" if cfg.address else "a local Ray"
             raise EsgrpoError(f"{where}: Ray did not start ({type(e).__name__}: "
