@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from esgrpo.config import TrainConfig
-from esgrpo.models import load_policy
+from esgrpo.models import load_policy, resolve_model_path
 from esgrpo.runs import RunDir
 from esgrpo.tasks import task_examples
 from esgrpo.tasks.prompting import make_task
@@ -36,7 +36,7 @@ def _one(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int) -> tu
     task = make_task(cfg.task, cfg.prompt, cfg.data)
     d = cfg.data
     train = task_examples(d, cfg.task, "train", d.n_train)
-    policy = load_policy(cfg.model, cfg.tiny)
+    policy = load_policy(cfg.model, cfg.tiny, engine=cfg.generation.engine)
     evaluator = None
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(Path(tmp) / "bench")
@@ -92,6 +92,8 @@ def bench(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int = 3, 
     times each, interleaved). as_json: one JSON line with the median seconds per iteration/step instead."""
     head = (f"{method} on {cfg.model.name}, task {cfg.task}, {iterations} "
             f"{'iterations' if method == 'es' else 'steps'} per run (times without the first, which also compiles)")
+    if cfg.generation.engine == "vllm":
+        return _bench_engines(method, cfg, iterations, repeats, head)
     if method == "grpo" or cfg.es.backend == "sequential":
         rows, res, _ = _one(method, cfg, iterations)
         if as_json:
@@ -124,6 +126,33 @@ def bench(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int = 3, 
              f"{statistics.median(r['bytes_from_workers'] for r in ray_rows):.0f}; prompts and sampling seeds "
              f"{statistics.median(r['bytes_batch'] for r in ray_rows):.0f} (all workers, counted apart)",
              _memory(runs["sequential"][-1][1]) + " [sequential driver]"]
+    return "\n".join(lines)
+
+
+def _bench_engines(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: int, repeats: int, head: str) -> str:
+    """generation.engine vllm: the same run with the native loop and with vLLM, `repeats` times each, interleaved
+    (A, B, A, B) in this process (one vLLM engine, started by the first vLLM run and not timed: that run's first
+    iteration is dropped as every first iteration is)."""
+    native = dataclasses.replace(cfg, generation=dataclasses.replace(cfg.generation, engine="native"))
+    runs: dict[str, list[tuple[list[dict], dict, Any]]] = {"native": [], "vllm": []}
+    for _ in range(repeats):
+        runs["native"].append(_one(method, native, iterations))
+        runs["vllm"].append(_one(method, cfg, iterations))
+    key = "iteration_seconds" if method == "es" else "step_seconds"
+    med = {k: statistics.median(r[key] for rows, _, _ in v for r in _steady(rows)) for k, v in runs.items()}
+    tok = {k: statistics.median((b["tokens"] - a["tokens"]) / b[key] for rows, _, _ in v
+                                for a, b in zip(rows, rows[1:], strict=False)) if iterations > 1 else float("nan")
+           for k, v in runs.items()}
+    sync = statistics.median(r.get("t_sync", 0.0) for rows, _, _ in runs["vllm"] for r in _steady(rows))
+    lines = [f"{head}, {runs['vllm'][-1][1]['parameters']:,} parameters; {repeats} runs per engine, interleaved",
+             "native (esgrpo's decoding loop):", *_table(method, runs["native"][-1][0]),
+             _memory(runs["native"][-1][1]),
+             "vllm (in-process engine; sync = weight pushes, inside generate):", *_table(method, runs["vllm"][-1][0]),
+             _memory(runs["vllm"][-1][1]),
+             f"  median seconds per {'iteration' if method == 'es' else 'step'}: native {med['native']:.3f}, vllm "
+             f"{med['vllm']:.3f} (native / vllm {med['native'] / med['vllm']:.2f}x); generated tokens/s: native "
+             f"{tok['native']:.0f}, vllm {tok['vllm']:.0f}; weight sync {sync:.3f} s per "
+             f"{'iteration' if method == 'es' else 'step'}"]
     return "\n".join(lines)
 
 
@@ -162,6 +191,16 @@ def bench_rollout(cfg: TrainConfig, batch: int = 64, repeats: int = 3) -> str:
         return rows
 
     methods = {"esgrpo lean": lambda: ours(True), "esgrpo generic": lambda: ours(False), "HF generate": hf}
+    from esgrpo.models.vllm_engine import vllm_available
+
+    if vllm_available():  # a vLLM row where vLLM is installed (its start-up is not timed: the warm-up round)
+        from esgrpo.models import with_engine
+        from esgrpo.models.policy import Policy
+
+        engine = with_engine(Policy(policy.model, policy.tokenizer, name=policy.name), "vllm",
+                             resolve_model_path(cfg.model, cfg.tiny))
+        engine.generate(prompts[:1], max_new_tokens=1)
+        methods["vLLM"] = lambda: engine.generate(prompts, max_new_tokens=new).response_ids
     times: dict[str, list[float]] = {k: [] for k in methods}
     tokens: dict[str, list[list[int]]] = {}
     for _ in range(repeats):  # interleaved: every method once per round

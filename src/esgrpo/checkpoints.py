@@ -175,13 +175,15 @@ def base_checkpoint(model_path: str) -> Path:
                               f"Face cache ({type(e).__name__})") from None
 
 
-def checkpoint_policy(path: PathLike, cfg: ModelConfig) -> Policy:
-    """Load a checkpoint directory as a Policy (same device/dtype rules as the base model)."""
+def checkpoint_policy(path: PathLike, cfg: ModelConfig, engine: str = "native") -> Policy:
+    """Load a checkpoint directory as a Policy (same device/dtype rules as the base model), generating through
+    `engine` (generation.engine)."""
+    from esgrpo.models import with_engine
     from esgrpo.models.hub import load_hf
     from esgrpo.models.policy import Policy
 
     model, tok = load_hf(str(path), dtype=cfg.dtype, device=cfg.device)
-    return Policy(model, tok, name=str(path))
+    return with_engine(Policy(model, tok, name=str(path)), engine, str(path))
 
 
 def load_weights(policy: Policy, ckpt: PathLike) -> None:

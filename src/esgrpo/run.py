@@ -145,7 +145,7 @@ def run_training(method: Method, cfg: TrainConfig, run_path: str | Path | None =
 def _train(method: Method, cfg: TrainConfig, train: list[Example], run: RunDir, resume: bool,
            init_optimizer: Path | None) -> dict[str, Any]:
     task = make_task(cfg.task, cfg.prompt, cfg.data)
-    policy = load_policy(cfg.model, cfg.tiny)
+    policy = load_policy(cfg.model, cfg.tiny, engine=cfg.generation.engine)
     if method == "grpo" and cfg.grpo.backend == "trl":
         from esgrpo.train.grpo_trl import train_grpo_trl
 
@@ -207,7 +207,7 @@ def evaluate_checkpoints(run: RunDir, checkpoints: dict[str, Path], model: Model
         todo = {t: exs for t, exs in test.items() if t not in entry}
         if not todo:
             continue
-        policy = checkpoint_policy(ckpt, model)
+        policy = checkpoint_policy(ckpt, model, engine=gen.engine)
         entry.update(evaluate(policy, todo, gen, label=f"{label} ", tasks=tasks))
         entry["step"] = step
         record.put(entry, label)
@@ -227,7 +227,8 @@ def run_eval(cfg: EvalConfig, run_path: str | Path | None = None, tiny: TinyMode
     if reuse and (done := RunDir(path, cfg, inputs=inputs).read_results()) is not None:
         print(f"[eval] reusing finished evaluation {path}", file=sys.stderr)
         return done
-    policy = load_policy(cfg.model, tiny)  # a bad model fails here, before the directory is made
+    policy = load_policy(cfg.model, tiny, engine=cfg.generation.engine)  # a bad model fails here, before the
+    # directory is made
     with RunDir(path, cfg, command="eval", inputs=inputs) as run:
         t0 = time.time()
         tasks = {t: make_task(t, cfg.prompt, cfg.data) for t in examples}

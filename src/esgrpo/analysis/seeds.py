@@ -93,7 +93,7 @@ def between_seeds(root: Path, cfg: StudyConfig, dirs: dict[int, Path]) -> dict[s
         store.put(cos, "cosine", t)
 
     # 1b. Barriers: greedy per-example rewards at every point; the end points are evaluated once per checkpoint.
-    policy = load_policy(cfg.model, cfg.tiny)
+    policy = load_policy(cfg.model, cfg.tiny, engine=cfg.generation.engine)
     gen = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, batch_size=cfg.generation.batch_size)
     test = load_task_examples(cfg.data, "test", cfg.data.n_test)
     alphas = [i / (cfg.nulls.alphas - 1) for i in range(cfg.nulls.alphas)]

@@ -95,7 +95,7 @@ class _Context:
         self.t0 = time.time()
         self.base = base_checkpoint(resolve_model_path(cfg.model, cfg.tiny))
         self.ckpts = {t: method_checkpoints(results["tasks"][t], cfg.es.iterations) for t in tasks}
-        self.policy: Policy = load_policy(cfg.model, cfg.tiny)
+        self.policy: Policy = load_policy(cfg.model, cfg.tiny, engine=cfg.generation.engine)
         self.test: dict[str, list[Example]] = load_task_examples(cfg.data, "test", cfg.data.n_test)
         self.prompted = {t: make_task(t, cfg.prompt, cfg.data) for t in self.test}
         self.heldout = heldout_path(self.base) if self.a.heldout_docs else None
@@ -290,7 +290,8 @@ def _random_walk_kl(ctx: _Context) -> None:
         examples = {k: v[:ctx.a.kl_prompts] for k, v in ctx.test.items()}
         # sum over one iteration's members of coef^2 = (alpha / M)^2 sum z^2 = alpha^2 / M (z-scores, M members)
         scale = es.alpha * math.sqrt(T / es.members_per_iteration)
-        ctx.store.put(random_walk_kl(ctx.policy, load_policy(ctx.cfg.model, ctx.cfg.tiny), scale, examples,
+        walker = load_policy(ctx.cfg.model, ctx.cfg.tiny, engine=ctx.cfg.generation.engine)
+        ctx.store.put(random_walk_kl(ctx.policy, walker, scale, examples,
                                      ctx.a.kl_samples, ctx.a.kl_max_new_tokens, ctx.a.seed, RANDOM_WALK_DRAWS,
                                      ctx.cfg.generation.batch_size, ctx.prompted),
                       "theory", "random_walk_kl", str(T))

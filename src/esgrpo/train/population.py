@@ -130,6 +130,8 @@ class SequentialEvaluator:
         res = PopulationResult(fitness=[])
         start = ([p.detach().clone() for _, p in self.perturbation.params] if self.numerics == "published"
                  else None)  # published: measure what the restores by subtraction leave behind
+        engine = self.policy.engine
+        pushed = (engine.stats.pushes, engine.stats.push_seconds) if engine is not None else None
         for seed, sign in members:
             t0 = time.perf_counter()
             self.perturbation.perturb(seed, sign, self.sigma)
@@ -148,6 +150,9 @@ class SequentialEvaluator:
             res.reward_errors += score.reward_errors
             for k, v in score.seconds.items():
                 res.seconds[k] = res.seconds.get(k, 0.0) + v
+        if pushed is not None:  # each member's weights sent to the generation engine (part of "generate")
+            res.extra["engine_pushes"] = engine.stats.pushes - pushed[0]
+            res.extra["t_sync"] = engine.stats.push_seconds - pushed[1]
         if start is not None:
             from esgrpo.train.published import drift
 

@@ -67,14 +67,15 @@ class ESWorker:
     """One Ray actor: its own copy of the model, updated from the log, scoring members on demand."""
 
     def __init__(self, base_dir: str, model: ModelConfig, scorer: TaskScorer, sigma: float, threads: int,
-                 device: str) -> None:
+                 device: str, engine: str = "native") -> None:
+        from esgrpo.models import with_engine
         from esgrpo.models.hub import load_hf
         from esgrpo.models.policy import Policy
         from esgrpo.train.noise import Perturbation
 
         torch.set_num_threads(threads)
         m, tok = load_hf(base_dir, dtype=model.dtype, device=device)
-        self.policy = Policy(m, tok, name=base_dir)
+        self.policy = with_engine(Policy(m, tok, name=base_dir), engine, base_dir)  # one engine per actor
         self.params = self.policy.named_parameters()
         self.perturbation = Perturbation(self.params)
         self.scorer, self.sigma = scorer, sigma
@@ -150,7 +151,8 @@ class RayPopulationEvaluator:
 
     def __init__(self, cfg: RayConfig, base_dir: str | Path, model: ModelConfig, scorer: TaskScorer, sigma: float,
                  params: list[tuple[str, Tensor]], updates_path: str | Path,
-                 on_submit: Callable[[RayPopulationEvaluator, int, int], None] | None = None) -> None:
+                 on_submit: Callable[[RayPopulationEvaluator, int, int], None] | None = None,
+                 engine: str = "native") -> None:
         import ray
 
         t0 = time.perf_counter()
@@ -159,7 +161,7 @@ class RayPopulationEvaluator:
         self.on_submit = on_submit
         device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
         self._actor_cls = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)(ESWorker)
-        self._args = (str(base_dir), model, scorer, sigma, cfg.threads_per_worker, device)
+        self._args = (str(base_dir), model, scorer, sigma, cfg.threads_per_worker, device, engine)
         self.restarts = 0
         self.iterations = 0
         self.workers = [self._actor_cls.remote(*self._args) for _ in range(cfg.workers)]
@@ -311,4 +313,4 @@ def evaluator_for(cfg: Any, policy: Any, task: Any, updates_path: str | Path) ->
 
     base = base_checkpoint(resolve_model_path(cfg.model, cfg.tiny))
     return RayPopulationEvaluator(cfg.ray, base, cfg.model, es_scorer(task, cfg.es), cfg.es.sigma,
-                                  policy.named_parameters(), updates_path)
+                                  policy.named_parameters(), updates_path, engine=cfg.generation.engine)
