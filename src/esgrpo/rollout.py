@@ -17,6 +17,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -227,6 +228,19 @@ def _takes_logits_to_keep(cls: type) -> bool:  # once per model class, not once 
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
+def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """The KV cache as the model's forward takes it: `cache=` (transformers 5.24) or `past_key_values=`
+    (earlier 5.x, e.g. the 5.19 that vLLM's builds pin). A wrong name would be swallowed by **kwargs and every
+    step would decode without its past."""
+    return {_cache_name(type(model)): cache}
+
+
+@functools.cache
+def _cache_name(cls: type) -> str:
+    params = inspect.signature(cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def shared_prompt_log_softmax(model: torch.nn.Module, prompts: list[list[int]], counts: list[int],
                               response_ids: list[list[int]], pad_id: int,
                               temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
@@ -262,8 +276,8 @@ def shared_prompt_log_softmax(model: torch.nn.Module, prompts: list[list[int]], 
 
     cache = DynamicCache(config=model.config)  # filled in place (the model's `cache` argument)
     kwargs = {"logits_to_keep": 1} if _keeps_logits(model) else {}
-    out = model(input_ids=p_ids, attention_mask=p_attn, position_ids=positions(p_attn), cache=cache, use_cache=True,
-                **kwargs)
+    out = model(input_ids=p_ids, attention_mask=p_attn, position_ids=positions(p_attn), use_cache=True,
+                **cache_kwargs(model, cache), **kwargs)
     first = out.logits[:, -1:, :].repeat_interleave(repeats, dim=0)
     if T == 1:
         logits = first.float()
@@ -278,7 +292,7 @@ def shared_prompt_log_softmax(model: torch.nn.Module, prompts: list[list[int]], 
         start = p_attn.sum(dim=1).repeat_interleave(repeats)[:, None]
         pos = start + torch.arange(T, device=device)[None, :]
         rest = model(input_ids=r_ids[:, :T - 1], attention_mask=attn[:, :P + T - 1], position_ids=pos[:, :T - 1],
-                     cache=cache, use_cache=True).logits
+                     **cache_kwargs(model, cache), use_cache=True).logits
         logits = torch.cat([first, rest], dim=1).float()
     if temperature != 1.0:
         logits = logits / temperature

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from esgrpo.rollout import cache_kwargs
+
 SUPPORTED = ("LlamaForCausalLM",)
 
 
@@ -45,8 +47,8 @@ class HFStepper:
 
     def __call__(self, ids: Tensor, mask: Tensor, position_ids: Tensor) -> Tensor:
         """Logits of the last position after feeding `ids` (mask: the whole sequence so far)."""
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, cache=self.cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                         **cache_kwargs(self.model, self.cache), use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :]
 
 
