@@ -195,3 +195,32 @@ def test_an_engine_that_a_push_does_not_fully_reach_is_refused():
 
     out = subprocess.run([sys.executable, "-c", _MISSED], capture_output=True, text=True, timeout=300, check=True)
     assert "REFUSED generation.engine = 'vllm': a weight push does not reach every weight" in out.stdout
+
+
+@needs_vllm
+def test_an_es_run_through_the_engine_killed_mid_run_resumes_bit_exactly(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from esgrpo.cli import main
+
+    argv = ["train", "es", "--task", "math", "--model.threads", "1", "--data.n_train", "32", "--data.n_test", "8",
+            "--es.population", "4", "--es.batch_size", "16", "--es.iterations", "3", "--es.sigma", "0.01",
+            "--es.alpha", "0.01", "--es.max_new_tokens", "40", "--es.checkpoint_every", "1"]
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "esgrpo.cli", *argv, "--generation.engine", "vllm", "--out", str(out)]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "checkpoints" / "step-000001").is_dir() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    child.send_signal(signal.SIGKILL)  # after iteration 1's checkpoint, inside iteration 2
+    child.wait()
+    assert not (out / "results.json").exists()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=600)
+    assert main([*argv, "--generation.engine", "native", "--out", str(tmp_path / "native")]) == 0
+    assert (out / "updates.jsonl").read_text() == (tmp_path / "native" / "updates.jsonl").read_text()
+    from esgrpo.checkpoints import same_weights
+
+    assert same_weights(out / "checkpoints" / "final", tmp_path / "native" / "checkpoints" / "final")
