@@ -65,7 +65,10 @@ def _steady(rows: list[dict]) -> list[dict]:
 
 
 def _table(method: str, rows: list[dict]) -> list[str]:
-    rows = _steady(rows)
+    # per-iteration rollouts and tokens from the cumulative counts, before the first iteration is dropped
+    counts = [{k: b[k] - a.get(k, 0) for k in ("rollouts", "tokens")}
+              for a, b in zip([{}] + rows, rows, strict=False)]
+    counts, rows = _steady(counts), _steady(rows)
     per = [r.get("iteration_seconds", r.get("step_seconds", 0.0)) for r in rows]
     total = statistics.mean(per) if per else float("nan")
     lines = [f"  {'phase':10s} {'s/iter':>9s} {'share':>7s}"]
@@ -73,8 +76,8 @@ def _table(method: str, rows: list[dict]) -> list[str]:
         v = statistics.mean(r.get(f"t_{ph}", 0.0) for r in rows) if rows else 0.0
         lines.append(f"  {ph:10s} {v:9.3f} {100 * v / total if total else 0:6.1f}%")
     lines.append(f"  {'total':10s} {total:9.3f}")
-    roll = statistics.mean(b["rollouts"] - a["rollouts"] for a, b in zip([{"rollouts": 0}] + rows, rows, strict=False))
-    toks = statistics.mean(b["tokens"] - a["tokens"] for a, b in zip([{"tokens": 0}] + rows, rows, strict=False))
+    roll = statistics.mean(c["rollouts"] for c in counts)
+    toks = statistics.mean(c["tokens"] for c in counts)
     lines.append(f"  throughput: {roll / total:.1f} rollouts/s, {toks / total:.0f} generated tokens/s")
     return lines
 
@@ -140,9 +143,6 @@ def _bench_engines(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: 
         runs["vllm"].append(_one(method, cfg, iterations))
     key = "iteration_seconds" if method == "es" else "step_seconds"
     med = {k: statistics.median(r[key] for rows, _, _ in v for r in _steady(rows)) for k, v in runs.items()}
-    tok = {k: statistics.median((b["tokens"] - a["tokens"]) / b[key] for rows, _, _ in v
-                                for a, b in zip(rows, rows[1:], strict=False)) if iterations > 1 else float("nan")
-           for k, v in runs.items()}
     sync = statistics.median(r.get("t_sync", 0.0) for rows, _, _ in runs["vllm"] for r in _steady(rows))
     lines = [f"{head}, {runs['vllm'][-1][1]['parameters']:,} parameters; {repeats} runs per engine, interleaved",
              "native (esgrpo's decoding loop):", *_table(method, runs["native"][-1][0]),
@@ -150,8 +150,7 @@ def _bench_engines(method: Literal["es", "grpo"], cfg: TrainConfig, iterations: 
              "vllm (in-process engine; sync = weight pushes, inside generate):", *_table(method, runs["vllm"][-1][0]),
              _memory(runs["vllm"][-1][1]),
              f"  median seconds per {'iteration' if method == 'es' else 'step'}: native {med['native']:.3f}, vllm "
-             f"{med['vllm']:.3f} (native / vllm {med['native'] / med['vllm']:.2f}x); generated tokens/s: native "
-             f"{tok['native']:.0f}, vllm {tok['vllm']:.0f}; weight sync {sync:.3f} s per "
+             f"{med['vllm']:.3f} (native / vllm {med['native'] / med['vllm']:.2f}x); weight sync {sync:.3f} s per "
              f"{'iteration' if method == 'es' else 'step'}"]
     return "\n".join(lines)
 

@@ -237,8 +237,31 @@ class ESConfig:
         "sequential", "Who scores the population: sequential (one member at a time in this process) or ray "
         "(members handed to Ray workers, settings in the ray section). Both give bit-identical updates, so a "
         "run may switch backends when resumed.", control=True)
+    rank: int = F(0, "0: full-rank noise (the paper's). r >= 1: low-rank ES (EGGROLL, arXiv 2511.16652): each "
+                  "member perturbs every weight matrix by sigma A B^T / sqrt(r) with Gaussian A (m x r), B (n x r) "
+                  "from the same counter-based noise (train/lowrank.py); the update sums N such terms (rank up to "
+                  "N r). At most the smallest matrix side.", NON_NEGATIVE)
+    lowrank_other: Literal["full", "frozen"] = F(
+        "full", "With es.rank >= 1, the tensors that are not matrices (norms, biases): full-rank noise, or frozen "
+        "(neither perturbed nor updated).")
+    anchor_decay: Literal["none", "l2", "l1"] = F(
+        "none", "Anchored weight decay after every update (arXiv 2605.30148, against forgetting): l2 shrinks the "
+        "offset from the run's starting weights w0, w <- w0 + (1 - alpha lambda)(w - w0); l1 soft-thresholds it by "
+        "alpha lambda. w0 is the run's step-000000 (in a sequence: the stage's start, so earlier stages' learning "
+        "is not pulled back).")
+    anchor_lambda: float = F(0.0, "lambda of the anchored decay (the paper: 10 for l2 with alpha 5e-4, 0.01 for "
+                             "l1); the decay step alpha * lambda must stay below 1.", NON_NEGATIVE)
 
     def check(self) -> None:
+        if self.rank and self.numerics == "published":
+            raise ConfigError(f"config key 'es.rank' = {self.rank} with es.numerics = published: the public code "
+                              "has no low-rank noise; use es.numerics exact")
+        if self.anchor_decay != "none" and not 0 < self.alpha * self.anchor_lambda < 1:
+            raise ConfigError(f"config key 'es.anchor_lambda' = {self.anchor_lambda:g}: the decay step es.alpha x "
+                              f"es.anchor_lambda = {self.alpha * self.anchor_lambda:g} must lie in (0, 1) with "
+                              f"es.anchor_decay = {self.anchor_decay}")
+        if self.anchor_decay != "none" and self.numerics == "published":
+            raise ConfigError("config key 'es.anchor_decay' with es.numerics = published: use es.numerics exact")
         if not self.iterations and not self.max_rollouts:
             raise ConfigError("es: set es.iterations or es.max_rollouts (both are 0, the run would never stop)")
         if self.members_per_iteration < 2:

@@ -54,6 +54,21 @@ def es_norm(alpha: float, N: int, T: float, d: int) -> float:
     return alpha * math.sqrt(d * T / N)
 
 
+def awd_norm(alpha: float, N: int, T: float, d: int, step: float) -> float:
+    """RMS drift of ES with anchored l2 decay (es.anchor_decay l2, step = alpha * lambda; train/anchor.py).
+
+    Each iteration adds the walk's step u_t (E||u||^2 = alpha^2 d / N, as in `es_norm`) and then shrinks the
+    offset: x_t = rho (x_{t-1} + u_t), rho = 1 - step, an Ornstein-Uhlenbeck walk in the unconstrained
+    directions, so E||x_T||^2 = rho^2 (alpha^2 d / N) (1 - rho^{2T}) / (1 - rho^2). It levels off at
+    rho alpha sqrt(d / N) / sqrt(1 - rho^2) (T -> inf) instead of growing as sqrt(T); step -> 0 gives es_norm.
+    The same holds for low-rank noise (es.rank): its eps has unit-variance entries too.
+    """
+    if step == 0:
+        return es_norm(alpha, N, T, d)
+    rho2 = (1.0 - step) ** 2
+    return alpha * math.sqrt(d / N * rho2 * (1.0 - rho2 ** T) / (1.0 - rho2))
+
+
 def chi_mean(d: float) -> float:
     """E[chi_d] = sqrt(2) Gamma((d+1)/2) / Gamma(d/2) (series in 1/d for large d)."""
     if d >= _CHI_SERIES_FROM:

@@ -48,9 +48,11 @@ from esgrpo.models.policy import Policy
 from esgrpo.progress import Progress
 from esgrpo.runs import RunDir, read_jsonl
 from esgrpo.tasks.base import Example, Task
+from esgrpo.train.anchor import Anchor, anchor_step
 from esgrpo.train.budget import Budget
 from esgrpo.train.kl import kl_to_reference
-from esgrpo.train.noise import CHUNK, NOISE_VERSION, accumulate, chunks, derive_seed, warm_up
+from esgrpo.train.lowrank import LOWRANK_VERSION, check_rank, lowrank_update
+from esgrpo.train.noise import CHUNK, NOISE_VERSION, add_noise_sum, derive_seed, warm_up
 from esgrpo.train.population import Batch, Member, PopulationEvaluator, SequentialEvaluator, es_scorer
 from esgrpo.train.precision import AuditSums
 from esgrpo.train.published import published_update
@@ -106,8 +108,10 @@ def zscore(fitness: list[float]) -> list[float]:
 
 @torch.no_grad()
 def apply_update(params: list[tuple[str, Tensor]], members: list[Member], coefs: list[float],
-                 chunk: int = CHUNK, audit: dict[str, float] | None = None) -> float:
+                 chunk: int = CHUNK, audit: dict[str, float] | None = None, rank: int = 0,
+                 other: str = "full") -> float:
     """theta += sum_n coef_n * sign_n * eps_n, per element in float32, rounded once; returns ||delta||.
+    rank > 0: low-rank eps on matrices, the other tensors full-rank or frozen (`other`; train/lowrank.py).
 
     audit: filled with the precision audit of this update, the intended float32 update against the one
     applied after rounding to the weights' dtype (`precision_audit`).
@@ -120,19 +124,13 @@ def apply_update(params: list[tuple[str, Tensor]], members: list[Member], coefs:
     """
     active = [(m, c) for m, c in zip(members, coefs, strict=True) if c != 0.0]
     sums = AuditSums(audit=audit is not None)
-    for name, p in params:
-        flat = p.view(-1)
-        sums.count(p.numel())
-        if not active:
-            continue
-        for s, e in chunks(p.numel(), chunk):
-            old = flat[s:e].to(torch.float32, copy=True)
-            acc = old  # accumulate returns a new tensor; `old` stays the weights before the update
-            for (seed, sign), coef in active:
-                acc = accumulate(acc, s, seed, name, coef * sign)
-            new = acc.to(p.dtype)  # float32 weights: `acc` itself, nothing is rounded
-            sums.add(new.float() - old, None if new is acc else acc - old)
-            flat[s:e] = new
+    if rank:
+        lowrank_update(params, members, coefs, rank, other, sums, chunk)
+    else:
+        for name, p in params:
+            sums.count(p.numel())
+            if active:
+                add_noise_sum(name, p, active, sums, chunk)
     if audit is not None:
         audit.update(sums.result())
     return sums.applied_norm
@@ -153,8 +151,12 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
     (default: SequentialEvaluator on this process's policy).
     """
     check_inputs(cfg, examples)
-    run.path.mkdir(parents=True, exist_ok=True)
     params = policy.named_parameters()
+    if cfg.rank:
+        check_rank(params, cfg.rank)  # before anything is written
+    run.path.mkdir(parents=True, exist_ok=True)
+    # w0 of the anchored decay: the weights passed in, which are the run's start (also on resume)
+    anchor = Anchor(params, cfg.anchor_decay, cfg.alpha * cfg.anchor_lambda) if cfg.anchor_decay != "none" else None
     ref = _reference_model(policy, ref_model) if cfg.kl_every else None  # a measurement, not training
     budget = Budget(max_steps=cfg.iterations, max_rollouts=cfg.max_rollouts)
     start = _resume(policy, run, cfg, budget) if resume else 0
@@ -171,7 +173,8 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
     warm_up(params)  # compile the noise kernels before time and memory are measured
 
     with PeakMemory(policy.device) as mem:  # after the reference copy (measurement); the backup copy counts
-        evaluator = evaluator or SequentialEvaluator(policy, es_scorer(task, cfg), cfg.sigma, cfg.numerics)
+        evaluator = evaluator or SequentialEvaluator(policy, es_scorer(task, cfg), cfg.sigma, cfg.numerics,
+                                                     rank=cfg.rank, other=cfg.lowrank_other)
         while not budget.stop(per_iteration):
             it = budget.steps + 1
             t0 = time.perf_counter()
@@ -186,12 +189,18 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
             # 3. Fitness shaping: z-scores over the whole population (antithetic pairs included).
             z = zscore(pop.fitness)
 
-            # 4. Update: theta += (alpha / N) * sum_n z_n * sign_n * eps_n; stop on a ruinous one.
+            # 4. Update: theta += (alpha / N) * sum_n z_n * sign_n * eps_n (low-rank eps with es.rank); stop on a
+            #    ruinous one; then the anchored decay toward w0 (es.anchor_decay).
             t_update = time.perf_counter()
             coefs = [cfg.alpha / len(members) * zn for zn in z]
             audit: dict[str, float] = {}
-            update = published_update if cfg.numerics == "published" else apply_update
-            update_norm = update(params, members, coefs, audit=audit)
+            if cfg.numerics == "published":
+                update_norm = published_update(params, members, coefs, audit=audit)
+            else:
+                update_norm = apply_update(params, members, coefs, audit=audit, rank=cfg.rank,
+                                           other=cfg.lowrank_other)
+            if anchor is not None:
+                audit["anchor_pull_norm"] = anchor.apply(params)
             sync(policy.device)
             t_update = time.perf_counter() - t_update
             _check_update(update_norm, weight_norm, it, cfg, run)
@@ -202,7 +211,10 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
             run.log({"iteration": it, "seeds": [s for s, _ in members], "signs": [g for _, g in members],
                      "coefs": coefs, "fitness": pop.fitness, "sigma": cfg.sigma, "alpha": cfg.alpha,
                      "indices": batch.indices, "noise": NOISE_VERSION,
-                     **({"numerics": "published"} if cfg.numerics == "published" else {})}, file="updates.jsonl")
+                     **({"numerics": "published"} if cfg.numerics == "published" else {}),
+                     **({"lowrank": {"rank": cfg.rank, "other": cfg.lowrank_other, "version": LOWRANK_VERSION}}
+                        if cfg.rank else {}),
+                     **({"anchor": anchor.row()} if anchor is not None else {})}, file="updates.jsonl")
             row = {"iteration": it, **_stats(pop.fitness), "rollouts": budget.rollouts, "tokens": budget.tokens,
                    "seconds": budget.seconds, "iteration_seconds": time.perf_counter() - t0,
                    **{f"t_{k}": v for k, v in pop.seconds.items()}, "t_update": t_update,
@@ -365,6 +377,10 @@ def _check_row_values(row: dict[str, Any], where: str) -> None:
 def check_noise_version(row: dict[str, Any], where: str) -> None:
     """A log row made with another noise generator cannot be replayed or continued: its seeds would
     mean other noise, and so other weights."""
+    low = row.get("lowrank")
+    if low is not None and low.get("version") != LOWRANK_VERSION:
+        raise EsgrpoError(f"{where}: made with low-rank noise version {low.get('version')!r}, but this esgrpo draws "
+                          f"{LOWRANK_VERSION!r}; the seeds would give other noise and other weights")
     version = row.get("noise", "v1 (per-tensor torch.Generator, esgrpo before the counter-based noise)")
     if version != NOISE_VERSION:
         raise EsgrpoError(f"{where}: made with noise version {version!r}, but this esgrpo draws {NOISE_VERSION!r}; "
@@ -389,21 +405,33 @@ def replay(base_checkpoint_dir: str | Path, updates_jsonl: str | Path, out_dir: 
     model, tokenizer = load_hf(str(base_checkpoint_dir), dtype="auto", device=device)
     policy = Policy(model, tokenizer, name="replay")
     params = policy.named_parameters()
+    w0 = [p.detach().clone() for _, p in params] if any("anchor" in r for r in rows) else None
     for row in rows[:upto]:
-        members = list(zip(row["seeds"], row["signs"], strict=True))
-        if row.get("numerics") == "published":  # the perturb/restore cycles drift the weights: repeat them
-            from esgrpo.train.published import PublishedPerturbation
-
-            cycles = PublishedPerturbation(params)
-            for seed, sign in members:
-                cycles.perturb(seed, sign, row["sigma"])
-                cycles.restore()
-            published_update(params, members, row["coefs"])
-        else:
-            apply_update(params, members, row["coefs"])
+        apply_logged(params, row, w0)
     if out_dir is not None:
         policy.save(out_dir)
     return policy
+
+
+def apply_logged(params: list[tuple[str, Tensor]], row: dict[str, Any], w0: list[Tensor] | None = None) -> None:
+    """Repeat one logged iteration's weight change: its update (full or low rank, or the published arithmetic
+    with its perturb / restore cycles) and its anchored decay toward w0 (the run's starting weights)."""
+    members = list(zip(row["seeds"], row["signs"], strict=True))
+    if row.get("numerics") == "published":  # the perturb/restore cycles drift the weights: repeat them
+        from esgrpo.train.published import PublishedPerturbation
+
+        cycles = PublishedPerturbation(params)
+        for seed, sign in members:
+            cycles.perturb(seed, sign, row["sigma"])
+            cycles.restore()
+        published_update(params, members, row["coefs"])
+    else:
+        low = row.get("lowrank") or {}
+        apply_update(params, members, row["coefs"], rank=int(low.get("rank", 0)), other=low.get("other", "full"))
+    if "anchor" in row:
+        if w0 is None:
+            raise EsgrpoError(f"iteration {row['iteration']} has an anchored decay but no starting weights were given")
+        anchor_step(params, w0, row["anchor"]["decay"], float(row["anchor"]["step"]))
 
 
 REPLAY_MARKER = "replayed-from.json"  # in a directory `esgrpo replay` wrote (and may therefore write again)

@@ -229,6 +229,24 @@ def accumulate(acc: Tensor, start: int, member_seed: int, name: str, coef: float
                                             torch.tensor(coef, dtype=torch.float32, device=acc.device))
 
 
+@torch.no_grad()
+def add_noise_sum(name: str, p: Tensor, active: list[tuple[tuple[int, int], float]], sums: object,
+                  chunk: int = CHUNK) -> None:
+    """p += sum over active ((seed, sign), coef) of coef * sign * eps(seed, name): per element in float32, members
+    in the given order, rounded once to p's dtype, chunk by chunk (no parameter-sized buffer; the result does
+    not depend on the chunk size). `sums` (the update's precision audit) gets each chunk's applied and intended
+    change (`add`)."""
+    flat = p.view(-1)
+    for s, e in chunks(p.numel(), chunk):
+        old = flat[s:e].to(torch.float32, copy=True)
+        acc = old  # accumulate returns a new tensor; `old` stays the weights before the update
+        for (seed, sign), coef in active:
+            acc = accumulate(acc, s, seed, name, coef * sign)
+        new = acc.to(p.dtype)  # float32 weights: `acc` itself, nothing is rounded
+        sums.add(new.float() - old, None if new is acc else acc - old)  # type: ignore[attr-defined]
+        flat[s:e] = new
+
+
 def warm_up(params: list[tuple[str, Tensor]]) -> None:
     """Compile the noise kernels for these tensors' devices and dtypes now (a one-time cost that should not
     be counted as a training iteration's time or memory)."""
@@ -269,7 +287,14 @@ class Perturbation:
         """Set every tensor to backup + sign * sigma * eps, computed in float32, rounded once."""
         if self.perturbed:
             raise RuntimeError("already perturbed; restore() before the next member")
-        for b, (name, p) in zip(self.backup, self.params, strict=True):
+        self._perturb_full([(b, name, p) for b, (name, p) in zip(self.backup, self.params, strict=True)],
+                           member_seed, sign, sigma)
+        self.perturbed = True
+
+    def _perturb_full(self, tensors: list[tuple[Tensor, str, Tensor]], member_seed: int, sign: int,
+                      sigma: float) -> None:
+        """(backup, name, tensor) triples: tensor = backup + sign * sigma * eps(member_seed, name), chunk by chunk."""
+        for b, name, p in tensors:
             device = p.device
             k0, k1 = _scalars(member_seed, name, device)
             scale = torch.tensor(float(sign) * float(sigma), dtype=torch.float32, device=device)
@@ -278,7 +303,6 @@ class Perturbation:
             for s, e in chunks(p.numel(), self.chunk):
                 first, offset = _counter(s, device)
                 flat[s:e] = run(back[s:e], k0, k1, first, offset, scale)
-        self.perturbed = True
 
     @torch.no_grad()
     def restore(self) -> None:

@@ -108,20 +108,30 @@ class TaskScorer:
                      seconds={"generate": t1 - t0, "reward": t2 - t1})
 
 
+def make_perturbation(params: list, numerics: str = "exact", rank: int = 0, other: str = "full") -> Perturbation:
+    """The perturb / restore mechanism of a run: full-rank (noise.py), low-rank (es.rank, train/lowrank.py), or the
+    public code's in-place arithmetic (es.numerics published, train/published.py)."""
+    if numerics == "published":
+        from esgrpo.train.published import PublishedPerturbation
+
+        return PublishedPerturbation(params)
+    if rank:
+        from esgrpo.train.lowrank import LowRankPerturbation
+
+        return LowRankPerturbation(params, rank, other)
+    return Perturbation(params)
+
+
 class SequentialEvaluator:
     """One member at a time on one device: perturb in place, score, restore (bit-exact)."""
 
-    def __init__(self, policy: Policy, score_fn: ScoreFn, sigma: float, numerics: str = "exact") -> None:
+    def __init__(self, policy: Policy, score_fn: ScoreFn, sigma: float, numerics: str = "exact", rank: int = 0,
+                 other: str = "full") -> None:
         self.policy = policy
         self.score_fn = score_fn
         self.sigma = sigma
         self.numerics = numerics
-        if numerics == "published":  # in-place perturb, restore by subtraction (train/published.py)
-            from esgrpo.train.published import PublishedPerturbation
-
-            self.perturbation: Perturbation = PublishedPerturbation(policy.named_parameters())
-        else:
-            self.perturbation = Perturbation(policy.named_parameters())
+        self.perturbation = make_perturbation(policy.named_parameters(), numerics, rank, other)
 
     def evaluate(self, members: list[Member], batch: Batch) -> PopulationResult:
         # The weights may have changed since the last call (update, resume): re-take the copy.

@@ -67,17 +67,19 @@ class ESWorker:
     """One Ray actor: its own copy of the model, updated from the log, scoring members on demand."""
 
     def __init__(self, base_dir: str, model: ModelConfig, scorer: TaskScorer, sigma: float, threads: int,
-                 device: str, engine: str = "native") -> None:
+                 device: str, engine: str = "native", rank: int = 0, other: str = "full",
+                 anchored: bool = False) -> None:
         from esgrpo.models import with_engine
         from esgrpo.models.hub import load_hf
         from esgrpo.models.policy import Policy
-        from esgrpo.train.noise import Perturbation
+        from esgrpo.train.population import make_perturbation
 
         torch.set_num_threads(threads)
         m, tok = load_hf(base_dir, dtype=model.dtype, device=device)
         self.policy = with_engine(Policy(m, tok, name=base_dir), engine, base_dir)  # one engine per actor
         self.params = self.policy.named_parameters()
-        self.perturbation = Perturbation(self.params)
+        self.perturbation = make_perturbation(self.params, "exact", rank, other)
+        self.w0 = [p.detach().clone() for _, p in self.params] if anchored else None  # the anchored decay's
         self.scorer, self.sigma = scorer, sigma
         self.applied = 0  # update log rows applied so far
         self.batch: Batch | None = None
@@ -101,12 +103,12 @@ class ESWorker:
 
     def catch_up(self, rows: list[dict[str, Any]]) -> int:
         """Apply the logged updates this worker has not applied yet (in order); returns how many it has."""
-        from esgrpo.train.es import apply_update
+        from esgrpo.train.es import apply_logged
 
         for row in rows:
             if row["iteration"] != self.applied + 1:
                 continue  # already applied (a row is sent to every worker that may lack it)
-            apply_update(self.params, list(zip(row["seeds"], row["signs"], strict=True)), row["coefs"])
+            apply_logged(self.params, row, self.w0)
             self.applied += 1
         self.perturbation.snapshot()
         return self.applied
@@ -152,7 +154,7 @@ class RayPopulationEvaluator:
     def __init__(self, cfg: RayConfig, base_dir: str | Path, model: ModelConfig, scorer: TaskScorer, sigma: float,
                  params: list[tuple[str, Tensor]], updates_path: str | Path,
                  on_submit: Callable[[RayPopulationEvaluator, int, int], None] | None = None,
-                 engine: str = "native") -> None:
+                 engine: str = "native", rank: int = 0, other: str = "full", anchored: bool = False) -> None:
         import ray
 
         t0 = time.perf_counter()
@@ -161,7 +163,8 @@ class RayPopulationEvaluator:
         self.on_submit = on_submit
         device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
         self._actor_cls = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)(ESWorker)
-        self._args = (str(base_dir), model, scorer, sigma, cfg.threads_per_worker, device, engine)
+        self._args = (str(base_dir), model, scorer, sigma, cfg.threads_per_worker, device, engine, rank, other,
+                      anchored)
         self.restarts = 0
         self.iterations = 0
         self.workers = [self._actor_cls.remote(*self._args) for _ in range(cfg.workers)]
@@ -313,4 +316,5 @@ def evaluator_for(cfg: Any, policy: Any, task: Any, updates_path: str | Path) ->
 
     base = base_checkpoint(resolve_model_path(cfg.model, cfg.tiny))
     return RayPopulationEvaluator(cfg.ray, base, cfg.model, es_scorer(task, cfg.es), cfg.es.sigma,
-                                  policy.named_parameters(), updates_path, engine=cfg.generation.engine)
+                                  policy.named_parameters(), updates_path, engine=cfg.generation.engine,
+                                  rank=cfg.es.rank, other=cfg.es.lowrank_other, anchored=cfg.es.anchor_decay != "none")
