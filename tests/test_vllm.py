@@ -120,10 +120,13 @@ def test_no_stale_keys_and_values_after_a_weight_change(pair, tmp_path):
 @needs_vllm
 def test_sampling_uses_one_seed_per_prompt(pair):
     _, vllm = pair
-    task, _, ids = _prompts(vllm, "math", 8)
+    task, _, many = _prompts(vllm, "math", 400)  # > 4,096 prompt tokens: more than vLLM batches in one step
+    ids = many[:8]
     a = vllm.generate(ids, max_new_tokens=40, temperature=1.0, seeds=list(range(8)), stop=task.stop)
     b = vllm.generate(ids[::-1], max_new_tokens=40, temperature=1.0, seeds=list(range(8))[::-1], stop=task.stop)
     assert a.response_ids == b.response_ids[::-1]  # a row's tokens depend on its prompt and seed only
+    big = vllm.generate(many, max_new_tokens=40, temperature=1.0, seeds=list(range(400)), stop=task.stop)
+    assert big.response_ids[:8] == a.response_ids
     c = vllm.generate(ids, max_new_tokens=40, temperature=1.0, seeds=list(range(100, 108)), stop=task.stop)
     assert c.response_ids != a.response_ids
 

@@ -134,6 +134,10 @@ class VLLMEngine:
               flush=True)
         llm = LLM(model=self.source_dir, dtype=self.dtype, seed=0, max_model_len=self.max_model_len,
                   enable_prefix_caching=False,  # a cached prompt's keys and values outlive a weight change
+                  # A prompt prefilled in chunks has its sampled token discarded, and vLLM then rewinds the
+                  # request's seeded generator, which the CPU generator cannot do ("CPU Generator does not use
+                  # offset"): whole prompts only.
+                  enable_chunked_prefill=False,
                   enforce_eager=True, disable_log_stats=True)
         torch.set_num_threads(threads)  # the CPU backend binds its own threads; keep the trainer's count
         self.stats.start_seconds = time.perf_counter() - t0
