@@ -108,7 +108,7 @@ def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_ids: se
              max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
              seeds: list[int] | None = None, return_logprobs: bool = False,
              decode=None, lean: bool = True, stop: Callable[[str], bool] | None = None,
-             shared_prefix: bool = False) -> Generation:
+             shared_prefix: bool = False, make_step: Callable[[int, int], Any] | None = None) -> Generation:
     """Decode a batch of prompts; stops each row at its first EOS and the batch when all rows stopped.
 
     lean: use the lean Llama step (models/lean_llama.py) where it applies: it computes the same logits as
@@ -118,7 +118,9 @@ def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_ids: se
     path, the prompts' common token prefix (a few-shot prefix) is computed once, with batch 1, and its keys and
     values written to every row; the rest of each prompt follows it (padding between the two, middle_pad).
     The same arithmetic as the full prefill up to float rounding (the prefix's matrix products run on one row
-    instead of B), so a token can differ where two are nearly tied: off by default, unused by the generic path."""
+    instead of B), so a token can differ where two are nearly tied: off by default, unused by the generic path.
+    make_step(batch, max_len): builds the step instead of `stepper` (the batched low-rank ES population's,
+    train/batched_population.py)."""
     from esgrpo.models.lean_llama import stepper
 
     device = next(model.parameters()).device
@@ -128,7 +130,9 @@ def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_ids: se
         if len(seeds) != B:
             raise ValueError(f"need one seed per prompt: {len(seeds)} seeds for {B} prompts")
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    step = stepper(model, B, max(len(p) for p in prompt_ids) + max_new_tokens, lean=lean)
+    max_len = max(len(p) for p in prompt_ids) + max_new_tokens
+    # make_step(batch, max_len): another step with the lean one's interface (the batched low-rank population's)
+    step = make_step(B, max_len) if make_step is not None else stepper(model, B, max_len, lean=lean)
     # The common prefix leaves at least one token per prompt, whose logits start the decoding.
     shared = min(common_prefix(prompt_ids), min(len(p) for p in prompt_ids) - 1) \
         if shared_prefix and step.can_share and B > 1 else 0

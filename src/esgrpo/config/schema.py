@@ -244,6 +244,12 @@ class ESConfig:
     lowrank_other: Literal["full", "frozen"] = F(
         "full", "With es.rank >= 1, the tensors that are not matrices (norms, biases): full-rank noise, or frozen "
         "(neither perturbed nor updated).")
+    lowrank_batched: bool = F(
+        True, "With es.rank >= 1 on a Llama model (native engine): score the whole population in one batched decode "
+        "(train/batched_population.py: the shared matrix products once, each row adding its member's low-rank term; "
+        "no weight writes) instead of member by member. Equal up to float rounding.")
+    lowrank_rows: int = F(512, "Rows (members x prompts) per batched decode (es.lowrank_batched); bounds memory.",
+                          POSITIVE)
     anchor_decay: Literal["none", "l2", "l1"] = F(
         "none", "Anchored weight decay after every update (arXiv 2605.30148, against forgetting): l2 shrinks the "
         "offset from the run's starting weights w0, w <- w0 + (1 - alpha lambda)(w - w0); l1 soft-thresholds it by "

@@ -97,6 +97,16 @@ class LlamaStepper:
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
         return norm.weight * h.to(x.dtype)
 
+    # The weight operations of one step, as methods so that a subclass can add per-row terms (LowRankStepper).
+    def _linear(self, h: Tensor, module: torch.nn.Module) -> Tensor:
+        return F.linear(h, module.weight, module.bias)
+
+    def _norm(self, norm: torch.nn.Module, x: Tensor) -> Tensor:
+        return self._rms_norm(norm, x)
+
+    def _embed(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.embed.weight, self.embed.padding_idx)
+
     def select(self, rows: Tensor) -> None:
         """Keep only these batch rows in the cache (finished rows leave the batch)."""
         self.keys = [k[rows] for k in self.keys]
@@ -106,29 +116,89 @@ class LlamaStepper:
     def __call__(self, ids: Tensor, mask: Tensor, position_ids: Tensor) -> Tensor:
         B, T = ids.shape
         start, end = self.length, self.length + T
-        x = F.embedding(ids, self.embed.weight, self.embed.padding_idx)
+        x = self._embed(ids)
         cos, sin = self.rotary(x, position_ids=position_ids)
         att_mask = self._mask(mask, T)
         for layer, keys, values in zip(self.layers, self.keys, self.values, strict=True):
             att = layer.self_attn
-            h = self._rms_norm(layer.input_layernorm, x)
+            h = self._norm(layer.input_layernorm, x)
             shape = (B, T, -1, att.head_dim)
-            q = F.linear(h, att.q_proj.weight, att.q_proj.bias).view(shape).transpose(1, 2)
-            k = F.linear(h, att.k_proj.weight, att.k_proj.bias).view(shape).transpose(1, 2)
-            v = F.linear(h, att.v_proj.weight, att.v_proj.bias).view(shape).transpose(1, 2)
+            q = self._linear(h, att.q_proj).view(shape).transpose(1, 2)
+            k = self._linear(h, att.k_proj).view(shape).transpose(1, 2)
+            v = self._linear(h, att.v_proj).view(shape).transpose(1, 2)
             q, k = self.rope(q, k, cos, sin)
             keys[:, :, start:end] = k  # one row (a shared prefix) broadcasts to every row of the cache
             values[:, :, start:end] = v
             o, _ = self.attention(att, q, keys[:B, :, :end], values[:B, :, :end], att_mask, dropout=0.0,
                                   scaling=att.scaling)
-            x = x + F.linear(o.reshape(B, T, -1).contiguous(), att.o_proj.weight, att.o_proj.bias)
-            h = self._rms_norm(layer.post_attention_layernorm, x)
+            x = x + self._linear(o.reshape(B, T, -1).contiguous(), att.o_proj)
+            h = self._norm(layer.post_attention_layernorm, x)
             mlp = layer.mlp
-            x = x + F.linear(mlp.act_fn(F.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias))
-                             * F.linear(h, mlp.up_proj.weight, mlp.up_proj.bias),
-                             mlp.down_proj.weight, mlp.down_proj.bias)
+            x = x + self._linear(mlp.act_fn(self._linear(h, mlp.gate_proj)) * self._linear(h, mlp.up_proj),
+                                 mlp.down_proj)
         self.length = end
-        return F.linear(self._rms_norm(self.norm, x[:, -1:, :]), self.lm_head.weight, self.lm_head.bias)[:, -1, :]
+        return self._linear(self._norm(self.norm, x[:, -1:, :]), self.lm_head)[:, -1, :]
+
+
+class LowRankStepper(LlamaStepper):
+    """Every member of a low-rank ES population in one batch (EGGROLL, arXiv 2511.16652): row i decodes with
+    weights W + c_i A_m B_m^T on every matrix (m = the member of row i, c_i its sign x sigma / sqrt(r)), computed
+    as x W^T + c_i (x B_m) A_m^T: the matrix products with W are shared by all rows and no weight is written.
+    Norm weights are per member (`norms`: the member's perturbed copies, es.lowrank_other full) or shared.
+
+    factors: id(weight tensor) -> (A (M, out, r), B (M, in, r)) float32; row_member (rows,) long; row_scale
+    (rows,) float32; norms: id(norm weight) -> (M, hidden) in the weights' dtype. The low-rank terms are
+    computed in float32 and added to the shared product, so the logits equal those of the materialized weights
+    (W + c A B^T rounded once) up to float rounding: a greedy token can flip where two are nearly tied."""
+
+    can_share = False  # each member's prefix differs
+
+    def __init__(self, model: torch.nn.Module, batch: int, max_len: int, factors: dict[int, tuple[Tensor, Tensor]],
+                 row_member: Tensor, row_scale: Tensor, norms: dict[int, Tensor] | None = None) -> None:
+        super().__init__(model, batch, max_len)
+        self.factors, self.norms = factors, norms or {}
+        self.row_member, self.row_scale = row_member, row_scale
+        self._rows: dict[int, tuple[Tensor, Tensor]] = {}  # per matrix: its factors gathered for the current rows
+
+    def _row_factors(self, weight: Tensor) -> tuple[Tensor, Tensor] | None:
+        key = id(weight)
+        if key not in self.factors:
+            return None
+        if key not in self._rows:
+            a, b = self.factors[key]
+            self._rows[key] = (a[self.row_member], b[self.row_member])
+        return self._rows[key]
+
+    def _linear(self, h: Tensor, module: torch.nn.Module) -> Tensor:
+        out = F.linear(h, module.weight, module.bias)
+        f = self._row_factors(module.weight)
+        if f is None:
+            return out
+        a, b = f  # (rows, out, r), (rows, in, r)
+        t = torch.einsum("bti,bir->btr", h.float(), b) * self.row_scale[:, None, None]
+        return out + torch.einsum("btr,bor->bto", t, a).to(out.dtype)
+
+    def _embed(self, ids: Tensor) -> Tensor:
+        x = super()._embed(ids)
+        f = self._row_factors(self.embed.weight)
+        if f is None:
+            return x
+        a, b = f  # (rows, vocab, r), (rows, hidden, r): row i of the embedding is W[id] + c A[id] B^T
+        picked = torch.gather(a, 1, ids[:, :, None].expand(-1, -1, a.shape[-1]))
+        return x + (torch.einsum("btr,bhr->bth", picked, b) * self.row_scale[:, None, None]).to(x.dtype)
+
+    def _norm(self, norm: torch.nn.Module, x: Tensor) -> Tensor:
+        w = self.norms.get(id(norm.weight))
+        if w is None:
+            return self._rms_norm(norm, x)
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+        return w[self.row_member][:, None, :] * h.to(x.dtype)
+
+    def select(self, rows: Tensor) -> None:
+        super().select(rows)
+        self.row_member, self.row_scale = self.row_member[rows], self.row_scale[rows]
+        self._rows = {}
 
 
 def stepper(model: torch.nn.Module, batch: int, max_len: int, lean: bool = True) -> HFStepper | LlamaStepper:

@@ -173,8 +173,7 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
     warm_up(params)  # compile the noise kernels before time and memory are measured
 
     with PeakMemory(policy.device) as mem:  # after the reference copy (measurement); the backup copy counts
-        evaluator = evaluator or SequentialEvaluator(policy, es_scorer(task, cfg), cfg.sigma, cfg.numerics,
-                                                     rank=cfg.rank, other=cfg.lowrank_other)
+        evaluator = evaluator or _default_evaluator(policy, task, cfg)
         while not budget.stop(per_iteration):
             it = budget.steps + 1
             t0 = time.perf_counter()
@@ -258,6 +257,21 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
 
 # ----------------------------------------------------------------------------------------------
 # Helpers of the trainer
+
+
+def _default_evaluator(policy: Policy, task: Task, cfg: ESConfig) -> PopulationEvaluator:
+    """Member by member in this process; with es.rank and es.lowrank_batched, the whole population in one
+    batched decode where the model allows it (train/batched_population.py), else member by member."""
+    if cfg.rank and cfg.lowrank_batched:
+        from esgrpo.train.batched_population import BatchedLowRankEvaluator, batched_supported
+
+        why = batched_supported(policy)
+        if why is None:
+            return BatchedLowRankEvaluator(policy, es_scorer(task, cfg), cfg.sigma, cfg.rank, cfg.lowrank_other,
+                                           rows_per_batch=cfg.lowrank_rows)
+        print(f"[es] es.lowrank_batched: {why}; scoring members one at a time", file=sys.stderr, flush=True)
+    return SequentialEvaluator(policy, es_scorer(task, cfg), cfg.sigma, cfg.numerics, rank=cfg.rank,
+                               other=cfg.lowrank_other)
 
 
 def _norm(params: list[tuple[str, Tensor]]) -> float:
