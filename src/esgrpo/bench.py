@@ -224,6 +224,75 @@ def bench_rollout(cfg: TrainConfig, batch: int = 64, repeats: int = 3) -> str:
     return "\n".join(lines)
 
 
+def bench_lowrank(cfg: TrainConfig, repeats: int = 3) -> str:
+    """One population of es.population members (x2 with es.antithetic) on es.batch_size prompts, greedy or as
+    configured, interleaved `repeats` times: (a) full-rank noise, member by member (perturb, decode, restore);
+    (b) low-rank noise (es.rank, 1 if unset) in one batched decode; (c) pure batched generation of the same
+    rows with the unperturbed model (the bound (b) can approach). Seconds per population and the memory each
+    adds over the weights (peak RSS / CUDA memory)."""
+    import time
+
+    import torch
+
+    from esgrpo.memory import PeakMemory, tensor_bytes
+    from esgrpo.rollout import generate
+    from esgrpo.train.batched_population import BatchedLowRankEvaluator
+    from esgrpo.train.es import draw_batch, draw_members
+    from esgrpo.train.noise import warm_up
+    from esgrpo.train.population import SequentialEvaluator, es_scorer
+
+    es = dataclasses.replace(cfg.es, rank=cfg.es.rank or 1)
+    task = make_task(cfg.task, cfg.prompt, cfg.data)
+    examples = task_examples(cfg.data, cfg.task, "train", cfg.data.n_train)
+    policy = load_policy(cfg.model, cfg.tiny)
+    params = policy.named_parameters()
+    warm_up(params)
+    members, batch = draw_members(es, 1), draw_batch(es, 1, examples, task.prompt_ids(policy, examples))
+    scorer = es_scorer(task, es)
+    full = SequentialEvaluator(policy, scorer, es.sigma)
+    low = BatchedLowRankEvaluator(policy, scorer, es.sigma, es.rank, es.lowrank_other, rows_per_batch=es.lowrank_rows)
+    rows = [ids for _ in members for ids in batch.prompt_ids]
+    seeds = None if batch.sample_seeds is None else [s for _ in members for s in batch.sample_seeds]
+
+    def pure() -> int:
+        n = 0
+        for s in range(0, len(rows), es.lowrank_rows):
+            out = generate(policy.model, rows[s:s + es.lowrank_rows], eos_ids=policy.eos_ids, pad_id=policy.pad_id,
+                           max_new_tokens=scorer.max_new_tokens, temperature=scorer.temperature, top_p=scorer.top_p,
+                           seeds=None if seeds is None else seeds[s:s + es.lowrank_rows], decode=policy.decode,
+                           stop=task.stop)
+            n += out.n_tokens
+        return n
+
+    runs = {"full-rank, member by member": lambda: full.evaluate(members, batch).tokens,
+            f"rank {es.rank}, batched": lambda: low.evaluate(members, batch).tokens,
+            "pure batched generation": pure}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    added: dict[str, float] = {}
+    tokens: dict[str, int] = {}
+    pure()  # warm-up (allocator, kernels)
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            with PeakMemory(policy.device) as mem:
+                t0 = time.perf_counter()
+                tokens[name] = fn()
+                times[name].append(time.perf_counter() - t0)
+            added[name] = max(added.get(name, 0.0), mem.report()["peak_memory_added_bytes"])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    weights = tensor_bytes(params)
+    low_name, pure_name = f"rank {es.rank}, batched", "pure batched generation"
+    lines = [f"ES population on {cfg.model.name} ({policy.num_parameters():,} parameters, {policy.device}, "
+             f"{torch.get_num_threads()} threads), task {cfg.task}: {len(members)} members x {len(batch.prompt_ids)} "
+             f"prompts = {len(rows)} rows, {es.lowrank_rows} rows per batched decode, {repeats} interleaved rounds",
+             f"  {'':28s} {'median s':>9s} {'tokens':>7s} {'memory added':>13s}"]
+    for k in runs:
+        lines.append(f"  {k:28s} {med[k]:9.2f} {tokens[k]:7d} {added[k] / MIB:9.0f} MiB ({added[k] / weights:.2f}x "
+                     "the weights)")
+    lines.append(f"  full-rank / low-rank batched: {med['full-rank, member by member'] / med[low_name]:.2f}x; "
+                 f"low-rank batched / pure generation: {med[low_name] / med[pure_name]:.2f}")
+    return "\n".join(lines)
+
+
 _COMPETITOR = ("import torch, time\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\n"
                "end = time.time() + 3600\nwhile time.time() < end:\n    a = (a @ a).tanh()\n")
 

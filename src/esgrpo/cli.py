@@ -163,6 +163,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     if args.method == "rollout":
         print(bench_rollout(cfg, batch=args.batch, repeats=args.repeats))
+    elif args.method == "lowrank":
+        from esgrpo.bench import bench_lowrank
+
+        print(bench_lowrank(cfg, repeats=args.repeats))
     elif args.method == "threads":
         from esgrpo.bench import bench_threads
 
@@ -260,9 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "throughput and peak memory (es with --es.backend ray: beside the sequential backend). "
                        "rollout: our decoding against Hugging Face's generate on the same prompts (greedy): "
                        "tokens/s and identical tokens. threads: an ES iteration with 1 and 2 torch threads, alone "
-                       "and beside another busy process.")
-    b.add_argument("method", choices=["es", "grpo", "rollout", "threads"], help="What to time (threads: an ES "
-                   "iteration with 1 and 2 torch threads, alone and beside another busy process).")
+                       "and beside another busy process. lowrank: one ES population scored full-rank member by "
+                       "member, low-rank in one batched decode (es.rank, default 1), and pure batched generation "
+                       "of the same rows, interleaved.")
+    b.add_argument("method", choices=["es", "grpo", "rollout", "threads", "lowrank"], help="What to time "
+                   "(threads: an ES iteration with 1 and 2 torch threads, alone and beside another busy process; "
+                   "lowrank: full-rank sequential vs low-rank batched scoring vs pure generation).")
     b.add_argument("--iterations", type=int, default=3, help="es/grpo: iterations/steps per run.")
     b.add_argument("--repeats", type=int, default=2, help="Interleaved rounds (es with ray, rollout).")
     b.add_argument("--batch", type=int, default=64, help="rollout: prompts decoded together.")

@@ -143,12 +143,14 @@ class LlamaStepper:
 class LowRankStepper(LlamaStepper):
     """Every member of a low-rank ES population in one batch (EGGROLL, arXiv 2511.16652): row i decodes with
     weights W + c_i A_m B_m^T on every matrix (m = the member of row i, c_i its sign x sigma / sqrt(r)), computed
-    as x W^T + c_i (x B_m) A_m^T: the matrix products with W are shared by all rows and no weight is written.
-    Norm weights are per member (`norms`: the member's perturbed copies, es.lowrank_other full) or shared.
+    as x W^T + c_i (x B_m) A_m^T. The products with W are shared by all rows and no weight is written; the
+    low-rank terms of all members are two more matrix products per matrix: x [B_1 .. B_M] (every member's
+    projections), masked to the row's own member and scaled, then times [A_1 .. A_M]^T. Norm weights are per
+    member (`norms`: the members' perturbed copies, es.lowrank_other full) or shared.
 
     factors: id(weight tensor) -> (A (M, out, r), B (M, in, r)) float32; row_member (rows,) long; row_scale
-    (rows,) float32; norms: id(norm weight) -> (M, hidden) in the weights' dtype. The low-rank terms are
-    computed in float32 and added to the shared product, so the logits equal those of the materialized weights
+    (rows,) float32; norms: id(norm weight) -> (M, hidden) in the weights' dtype. The low-rank terms are computed
+    in float32 and added to the shared product, so the logits equal those of the materialized weights
     (W + c A B^T rounded once) up to float rounding: a greedy token can flip where two are nearly tied."""
 
     can_share = False  # each member's prefix differs
@@ -156,36 +158,38 @@ class LowRankStepper(LlamaStepper):
     def __init__(self, model: torch.nn.Module, batch: int, max_len: int, factors: dict[int, tuple[Tensor, Tensor]],
                  row_member: Tensor, row_scale: Tensor, norms: dict[int, Tensor] | None = None) -> None:
         super().__init__(model, batch, max_len)
-        self.factors, self.norms = factors, norms or {}
-        self.row_member, self.row_scale = row_member, row_scale
-        self._rows: dict[int, tuple[Tensor, Tensor]] = {}  # per matrix: its factors gathered for the current rows
+        # (A_cat (out, M r), B_cat (in, M r)): member m's factors in columns m r .. (m + 1) r - 1
+        self.factors = {k: (a.permute(1, 0, 2).reshape(a.shape[1], -1), b.permute(1, 0, 2).reshape(b.shape[1], -1))
+                        for k, (a, b) in factors.items()}
+        self.rank = next(iter(factors.values()))[0].shape[-1] if factors else 1
+        self.members = next(iter(factors.values()))[0].shape[0] if factors else 1
+        self.norms = norms or {}
+        self.row_member = row_member
+        self._set_rows(row_member, row_scale)
 
-    def _row_factors(self, weight: Tensor) -> tuple[Tensor, Tensor] | None:
-        key = id(weight)
-        if key not in self.factors:
-            return None
-        if key not in self._rows:
-            a, b = self.factors[key]
-            self._rows[key] = (a[self.row_member], b[self.row_member])
-        return self._rows[key]
+    def _set_rows(self, row_member: Tensor, row_scale: Tensor) -> None:
+        """The (rows, M r) weights that keep each row's own member's r columns, scaled by c_i."""
+        weight = torch.zeros((len(row_member), self.members), dtype=torch.float32, device=row_member.device)
+        weight[torch.arange(len(row_member), device=row_member.device), row_member] = row_scale
+        self.row_member, self.row_scale = row_member, row_scale
+        self.mix = weight.repeat_interleave(self.rank, dim=1)
 
     def _linear(self, h: Tensor, module: torch.nn.Module) -> Tensor:
         out = F.linear(h, module.weight, module.bias)
-        f = self._row_factors(module.weight)
+        f = self.factors.get(id(module.weight))
         if f is None:
             return out
-        a, b = f  # (rows, out, r), (rows, in, r)
-        t = torch.einsum("bti,bir->btr", h.float(), b) * self.row_scale[:, None, None]
-        return out + torch.einsum("btr,bor->bto", t, a).to(out.dtype)
+        a, b = f
+        t = (h.float() @ b) * self.mix[:, None, :]  # (rows, T, M r): each row's own member's projections
+        return out + (t @ a.T).to(out.dtype)
 
     def _embed(self, ids: Tensor) -> Tensor:
         x = super()._embed(ids)
-        f = self._row_factors(self.embed.weight)
+        f = self.factors.get(id(self.embed.weight))
         if f is None:
             return x
-        a, b = f  # (rows, vocab, r), (rows, hidden, r): row i of the embedding is W[id] + c A[id] B^T
-        picked = torch.gather(a, 1, ids[:, :, None].expand(-1, -1, a.shape[-1]))
-        return x + (torch.einsum("btr,bhr->bth", picked, b) * self.row_scale[:, None, None]).to(x.dtype)
+        a, b = f  # embedding row id of member m: W[id] + c A_m[id] B_m^T
+        return x + ((a[ids] * self.mix[:, None, :]) @ b.T).to(x.dtype)
 
     def _norm(self, norm: torch.nn.Module, x: Tensor) -> Tensor:
         w = self.norms.get(id(norm.weight))
@@ -197,8 +201,7 @@ class LowRankStepper(LlamaStepper):
 
     def select(self, rows: Tensor) -> None:
         super().select(rows)
-        self.row_member, self.row_scale = self.row_member[rows], self.row_scale[rows]
-        self._rows = {}
+        self._set_rows(self.row_member[rows], self.row_scale[rows])
 
 
 def stepper(model: torch.nn.Module, batch: int, max_len: int, lean: bool = True) -> HFStepper | LlamaStepper:
