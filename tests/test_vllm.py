@@ -13,7 +13,7 @@ import torch
 
 from esgrpo.config import ESConfig, GenerationConfig, GRPOConfig, ModelConfig, validate
 from esgrpo.errors import ConfigError, EsgrpoError
-from esgrpo.models import load_policy
+from esgrpo.models import load_policy, resolve_model_path
 from esgrpo.models.vllm_engine import vllm_available
 from esgrpo.runs import RunDir
 from esgrpo.tasks import get_task, load_examples
@@ -86,7 +86,7 @@ _FRESH = """
 import json, sys, torch
 torch.set_num_threads(1)
 from esgrpo.config import ModelConfig
-from esgrpo.models import load_policy
+from esgrpo.models import load_policy, resolve_model_path
 from esgrpo.tasks import get_task
 policy = load_policy(ModelConfig(name=sys.argv[1]), engine="vllm")
 ids = json.loads(sys.argv[2])
@@ -179,7 +179,7 @@ _MISSED = """
 import torch
 from esgrpo.config import ModelConfig
 from esgrpo.errors import EsgrpoError
-from esgrpo.models import load_policy
+from esgrpo.models import load_policy, resolve_model_path
 from esgrpo.models.vllm_engine import VLLMEngine
 reload = VLLMEngine._reload
 VLLMEngine._reload = lambda self, ws: reload(self, [(n, t) for n, t in ws if n != "model.layers.2.mlp.up_proj.weight"])
@@ -227,3 +227,36 @@ def test_an_es_run_through_the_engine_killed_mid_run_resumes_bit_exactly(tmp_pat
     from esgrpo.checkpoints import same_weights
 
     assert same_weights(out / "checkpoints" / "final", tmp_path / "native" / "checkpoints" / "final")
+
+
+@needs_vllm
+def test_es_on_ray_actors_with_one_engine_each_writes_the_native_update_log(tmp_path):
+    ray = pytest.importorskip("ray")
+    from esgrpo.checkpoints import base_checkpoint
+    from esgrpo.config import RayConfig
+    from esgrpo.parallel import init_local
+    from esgrpo.train.es import train_es
+    from esgrpo.train.population import es_scorer
+    from esgrpo.train.ray_population import RayPopulationEvaluator
+
+    torch.set_num_threads(1)
+    cfg = ESConfig(population=4, sigma=0.01, alpha=0.01, iterations=2, batch_size=16, max_new_tokens=40,
+                   checkpoint_every=0)
+    _, rows_native = _es(tmp_path, "native")
+    policy = load_policy(ModelConfig(name="tiny"))  # the driver: native; the workers generate through vLLM
+    task, examples, _ = _prompts(policy, "math", 32, split="train")
+    run = RunDir(tmp_path / "ray")
+    init_local(num_cpus=2, log_to_driver=False)
+    try:
+        evaluator = RayPopulationEvaluator(RayConfig(workers=2, check_every=1), base_checkpoint(
+            resolve_model_path(ModelConfig(name="tiny"))), ModelConfig(), es_scorer(task, cfg), cfg.sigma,
+            policy.named_parameters(), run.path / "updates.jsonl", engine="vllm")
+        try:
+            train_es(policy, task, examples, cfg, run, evaluator=evaluator)
+            evaluator.close()  # the workers' weights equal the driver's (fingerprints)
+        finally:
+            evaluator.close(check=False)
+    finally:
+        ray.shutdown()
+    rows = [json.loads(line) for line in (tmp_path / "ray" / "updates.jsonl").read_text().splitlines()]
+    assert rows == rows_native
