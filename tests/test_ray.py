@@ -33,11 +33,14 @@ EXAMPLES = load_examples("boolq", "synthetic", "train", 12, seed=1234)
 BASE = resolve_model_path(ModelConfig(), TinyModelConfig())
 
 
-def _ray_processes() -> list[psutil.Process]:
+def _ray_processes(session: str) -> list[psutil.Process]:
+    """The processes of the Ray session whose directory is `session` (not those of another Ray on the machine,
+    e.g. a study running beside the tests)."""
     out = []
     for p in psutil.process_iter(["name", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if p.info["name"] in ("raylet", "gcs_server") or "ray/_private/workers/default_worker.py" in cmd:
+        if session in cmd and (p.info["name"] in ("raylet", "gcs_server")
+                               or "ray/_private/workers/default_worker.py" in cmd):
             out.append(p)
     return out
 
@@ -46,12 +49,14 @@ def _ray_processes() -> list[psutil.Process]:
 def local_ray():
     assert not ray.is_initialized()
     init_local(num_cpus=CPUS, log_to_driver=False)
+    session = ray._private.worker._global_node.get_session_dir_path()
+    assert _ray_processes(session)  # the check below sees this session's processes
     yield
     ray.shutdown()
     deadline = time.time() + 30
-    while _ray_processes() and time.time() < deadline:
+    while _ray_processes(session) and time.time() < deadline:
         time.sleep(0.5)
-    assert not _ray_processes(), "Ray processes left behind"
+    assert not _ray_processes(session), "Ray processes left behind"
 
 
 def _run(tmp_path, name: str, workers: int | None, on_submit=None, cfg: ESConfig = ES):
