@@ -319,10 +319,10 @@ def test_resume_falls_back_when_the_latest_checkpoint_is_truncated(tmp_path, cap
     argv = ["train", "es", *ES_SMALL, "--es.iterations", "3"]
     assert main([*argv, "--out", str(a)]) == 0
     assert main([*argv, "--out", str(b)]) == 0
-    # a crash left step 3 with torn weights, and no final checkpoint or results
-    import shutil
-
-    shutil.rmtree(a / "checkpoints" / "final")
+    # a crash left step 3 with torn weights, and no final checkpoint or results (no periodic checkpoint
+    # is written at the last step, where final holds the same state: final becomes that step 3)
+    assert not (a / "checkpoints" / "step-000003").exists()
+    (a / "checkpoints" / "final").rename(a / "checkpoints" / "step-000003")
     (a / "results.json").unlink()
     w = a / "checkpoints" / "step-000003" / "model.safetensors"
     w.write_bytes(w.read_bytes()[:1000])
@@ -331,6 +331,7 @@ def test_resume_falls_back_when_the_latest_checkpoint_is_truncated(tmp_path, cap
     err = capsys.readouterr().err
     assert "step-000003 is unusable" in err and "resuming" in err and "step-000002" in err
     assert same_weights(a / "checkpoints" / "final", b / "checkpoints" / "final")
+    assert not list((a / "checkpoints").glob("*.tmp"))
 
 
 def test_a_full_disk_is_one_line_and_keeps_finished_work(tmp_path, capsys, monkeypatch):

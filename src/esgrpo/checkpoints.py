@@ -12,7 +12,8 @@ Trainer checkpoints inside a run directory:
     <run>/checkpoints/final/         the last weights
 A checkpoint is written into a temp directory and renamed, so a crash never leaves a partial one;
 `resume_candidates` lists the usable ones newest first, so a damaged latest checkpoint falls back
-to the one before it.
+to the one before it. `prune_checkpoints` keeps the `checkpoint_keep` newest periodic ones (and the pinned
+steps); a periodic checkpoint due at the run's last step is not written, `final` holds the same weights.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -219,6 +220,25 @@ def save_checkpoint(policy: Policy, run_path: Path, name: str, state: dict[str, 
 
 def step_name(step: int) -> str:
     return f"step-{step:06d}"
+
+
+def prune_checkpoints(run_path: Path, keep: int, pinned: Iterable[int] = ()) -> list[Path]:
+    """Delete all but the `keep` furthest periodic checkpoints (step-*) of a run; `keep` 0 keeps them all.
+    Never deleted: `final`, the pinned steps (ES: the base, step-000000, and a study's ES-short step) and
+    anything that is not a complete step-N directory. Returns what was deleted.
+
+    A SmolLM2 GRPO checkpoint is 1.6 GB (weights and AdamW moments): kept all, a 10-step run fills 9 GB."""
+    if keep <= 0:
+        return []
+    root = Path(run_path) / "checkpoints"
+    pinned = set(pinned)
+    steps = sorted((int(d.name[5:]), d) for d in root.glob("step-*")
+                   if re.fullmatch(r"step-\d+", d.name) and d.is_dir() and _state(d) is not None)
+    loose = [d for step, d in steps if step not in pinned]
+    gone = loose[:-keep]
+    for d in gone:
+        shutil.rmtree(d, ignore_errors=True)
+    return gone
 
 
 def _state(d: Path) -> dict[str, Any] | None:

@@ -223,6 +223,12 @@ class ESConfig:
     kl_prompts: int = F(32, "Training prompts used for the KL measurement.", POSITIVE, control=True)
     checkpoint_every: int = F(25, "Save a checkpoint every k iterations (0 = only the final one).",
                               NON_NEGATIVE, control=True)
+    checkpoint_keep: int = F(2, "Keep only the k newest periodic checkpoints (0 = all); the base (step-000000), "
+                             "the pinned steps and final are always kept. A SmolLM2 checkpoint is 540 MB.",
+                             NON_NEGATIVE, control=True)
+    checkpoint_pin: list[int] = F([], "Iterations whose checkpoint is always written and never pruned (a study "
+                                  "pins ES short's iteration here).",
+                                  (lambda v: all(i >= 0 for i in v), "iterations >= 0"), control=True)
     save_base: bool = F(True, "Save the starting weights as checkpoints/step-000000 (replay and weight "
                         "analyses need them).", control=True)
     seed: int = F(0, "Seed of the noise seeds, prompt batches and sampling seeds (derived per iteration); "
@@ -332,6 +338,9 @@ class GRPOConfig:
                       "from training.", NON_NEGATIVE, control=True)
     checkpoint_every: int = F(20, "Save a resumable checkpoint every k steps (0 = only the final one).",
                               NON_NEGATIVE, control=True)
+    checkpoint_keep: int = F(2, "Keep only the k newest periodic checkpoints (0 = all); final is always kept. "
+                             "A checkpoint holds the weights and the AdamW moments: 1.6 GB for SmolLM2-135M.",
+                             NON_NEGATIVE, control=True)
     seed: int = F(0, "Seed for prompt sampling and response sampling.")
     numerics: Literal["exact", "published"] = F(
         "exact", "exact: AdamW on float32 master weights, rounded once per step into the weights' dtype (the same "

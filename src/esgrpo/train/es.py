@@ -5,7 +5,8 @@ One iteration t (read `train_es` top to bottom):
     2. for each member n: perturb theta + sigma * eps_n in place, score F_n = mean reward, restore;
     3. z_n = (F_n - mean F) / (std F + 1e-8);
     4. theta <- theta + (alpha / N) * sum_n z_n * eps_n     (1/sigma folded into alpha);
-    5. log fitness, cost and the update (seeds + coefficients) to the run directory.
+    5. log fitness, cost and the update (seeds + coefficients) to the run directory;
+    6. checkpoint every `checkpoint_every` iterations, keeping the `checkpoint_keep` newest.
 
 Unlike the public implementations (arXiv 2604.01499, whose known defects are listed in the README),
 noise is independent per tensor and restoring is bit-exact (noise.py). The update is accumulated in
@@ -20,8 +21,9 @@ themselves (a step size far too large), instead of training on ruined weights.
 Files written into the run directory (every metric is listed in the README's metrics table):
     metrics.jsonl    one row per iteration (fitness stats, cost, phase times, update norm, KL)
     updates.jsonl    one row per iteration: seeds, signs, coefficients, fitness, sigma, alpha
-    checkpoints/     step-000000 (the base, for replay and weight analyses), every
-                     checkpoint_every iterations, and final; each with trainer_state.json
+    checkpoints/     step-000000 (the base, for replay and weight analyses), every checkpoint_every
+                     iterations (the checkpoint_keep newest, and the checkpoint_pin steps), and final;
+                     each with trainer_state.json
     results.json     totals, final fitness, peak memory (training and measurement apart)
 """
 
@@ -40,7 +42,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from esgrpo.checkpoints import load_resumable, load_weights, same_weights, save_checkpoint, step_name, truncate_jsonl
+from esgrpo.checkpoints import (
+    load_resumable,
+    load_weights,
+    prune_checkpoints,
+    same_weights,
+    save_checkpoint,
+    step_name,
+    truncate_jsonl,
+)
 from esgrpo.config import ESConfig, from_dict, identity, identity_changes, validate
 from esgrpo.errors import ConfigError, EsgrpoError
 from esgrpo.memory import PeakMemory, sync, tensor_bytes
@@ -227,8 +237,12 @@ def train_es(policy: Policy, task: Task, examples: list[Example], cfg: ESConfig,
             progress.update(it - start, reward=row["reward_mean"], norm=update_norm,
                             rollouts=budget.rollouts, **({"kl": row["kl"]} if "kl" in row else {}))
 
-            if cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
+            # 6. Checkpoint (not at the last iteration unless pinned: final holds the same weights).
+            pinned = {0, *cfg.checkpoint_pin}
+            due = cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and not budget.stop(per_iteration)
+            if due or it in pinned:
                 save_checkpoint(policy, run.path, step_name(it), _state(it, budget, cfg))
+                prune_checkpoints(run.path, cfg.checkpoint_keep, pinned)
 
     final = save_checkpoint(policy, run.path, "final", _state(budget.steps, budget, cfg))
     if last_fitness is None:  # nothing left to do after a resume: report the last logged iteration

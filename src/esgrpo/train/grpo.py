@@ -50,7 +50,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from esgrpo.checkpoints import load_resumable, load_weights, save_checkpoint, step_name, truncate_jsonl
+from esgrpo.checkpoints import (
+    load_resumable,
+    load_weights,
+    prune_checkpoints,
+    save_checkpoint,
+    step_name,
+    truncate_jsonl,
+)
 from esgrpo.config import GRPOConfig, from_dict, identity, identity_changes, to_dict, validate
 from esgrpo.errors import ConfigError, EsgrpoError
 from esgrpo.memory import PeakMemory, sync, tensor_bytes
@@ -396,8 +403,9 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
             run.log(row)
             progress.update(budget.steps, reward=row["reward_mean"], kl=row["kl"] if row["kl"] is not None else "-",
                             loss=row["loss"], rollouts=budget.rollouts)
-            if cfg.checkpoint_every and budget.steps % cfg.checkpoint_every == 0:
-                checkpoint(step_name(budget.steps))
+            if cfg.checkpoint_every and budget.steps % cfg.checkpoint_every == 0 and not budget.stop(per_step):
+                checkpoint(step_name(budget.steps))  # not at the last step: final holds the same state
+                prune_checkpoints(run.path, cfg.checkpoint_keep)
     policy.model.train(was_training)
     checkpoint("final")
     rows = [r for r in run.metrics() if r.get("trainer") == "grpo"]

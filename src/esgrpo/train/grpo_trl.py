@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from esgrpo.checkpoints import save_checkpoint, step_name, truncate_jsonl
+from esgrpo.checkpoints import prune_checkpoints, save_checkpoint, step_name, truncate_jsonl
 from esgrpo.config import GRPOConfig, to_dict
 from esgrpo.errors import ConfigError, EsgrpoError
 from esgrpo.memory import PeakMemory, tensor_bytes
@@ -91,6 +91,7 @@ FIELD_MAP = {
     "shared_prompt": "no counterpart: TRL scores every response with its whole prompt (default only)",
     "kl_every": "our measurement on TRL's samples when beta = 0 (TRL's own kl when beta > 0)",
     "checkpoint_every": "save_steps (TRL's resumable checkpoints) and our checkpoints/step-*",
+    "checkpoint_keep": "our checkpoints/step-* (TRL keeps its latest one: save_total_limit 1)",
     "seed": "seed, data_seed",
     "numerics": "exact only: TRL's optimizer runs on the model's own parameters (default only)",
 }
@@ -328,6 +329,7 @@ def _callback_class():
                 self.run.log(row)
                 if self.cfg.checkpoint_every and row["step"] % self.cfg.checkpoint_every == 0:
                     _save(self.t, self.policy, self.run, self.budget, self.cfg, self.planned, step_name(row["step"]))
+                    prune_checkpoints(self.run.path, self.cfg.checkpoint_keep)
             if self.progress is not None:
                 self.progress.update(self.budget.steps, reward=row["reward_mean"],
                                      kl=row["kl"] if row["kl"] is not None else "-", loss=row["loss"],
