@@ -33,7 +33,7 @@ def two_seed_study(out, cache_dir, seeds=(3, 5)) -> StudyConfig:
         generation=GenerationConfig(max_new_tokens=24, batch_size=16),
         es=ESConfig(population=4, sigma=0.02, alpha=0.02, iterations=1, batch_size=6, max_new_tokens=24),
         grpo=GRPOConfig(steps=1, prompts_per_step=3, group_size=4, max_new_tokens=24, lr=1e-3),
-        es_long_factor=2, extra_models=[], out=str(out), seeds=list(seeds),
+        es_long_factor=2, extra_models=[], out=str(out), seeds=list(seeds), es_variants={"lowrank1": {"rank": "1"}},
         nulls=NullsConfig(n_examples=8, alphas=3, resamples=50),
         analysis=AnalysisConfig(n_examples=4, alphas=3, probe_points=2, probe_n_examples=3, kl_prompts=2,
                                 kl_samples=1, kl_max_new_tokens=6, heldout_docs=10))
@@ -65,6 +65,10 @@ def test_path_list_pairs_seeds_for_the_nulls_and_pairs_methods_within_a_seed():
     kinds = [k for k, _, _ in paths]
     assert kinds.count("es_long|es_long") == kinds.count("grpo|grpo") == kinds.count("es_long|grpo") == 3
     assert ("es_long|grpo", (1, "es_long"), (1, "grpo")) in paths
+    with_variant = path_list([0, 1, 2], ["lowrank1"])
+    kinds = [k for k, _, _ in with_variant]
+    assert kinds.count("lowrank1|lowrank1") == kinds.count("lowrank1|grpo") == 3
+    assert set(with_variant) - set(paths) == {(k, a, b) for k, a, b in with_variant if "lowrank1" in k}
 
 
 @pytest.mark.slow
@@ -96,18 +100,24 @@ def test_two_seed_study_end_to_end_intervals_by_hand_and_rerun_reuses(tmp_path, 
     cos = nulls["cosine"]["math"]
     assert set(cos["es_long|es_long"]) == set(cos["grpo|grpo"]) == {"3|5"}
     assert -1 <= cos["grpo|grpo"]["3|5"] <= 1 and cos["inv_sqrt_d"] == pytest.approx(1 / math.sqrt(cos["d"]))
+    assert set(cos["lowrank1|lowrank1"]) == {"3|5"}  # the variant arm's own seed-vs-seed null
     bars = nulls["barriers"]["math"]
-    assert len(bars) == 4  # ES 3->5, GRPO 3->5, ES->GRPO within seed 3 and within seed 5
+    assert len(bars) == 7  # ES 3->5, GRPO 3->5, ES->GRPO within seeds 3 and 5; the same for the variant arm
     for p in bars.values():
         b = p["barrier"]
         assert b["n"] == 8 and b["lo"] <= b["value"] <= b["hi"] and len(p["accuracy"]) == 3
     # an end point's accuracy is its checkpoint's accuracy on those examples: the same answer from both ends
     assert bars["es_long@3->es_long@5"]["accuracy"][0] == bars["es_long@3->grpo@3"]["accuracy"][0]
 
+    lr = [per[s]["tasks"]["math"]["accuracy"]["lowrank1"] - per[s]["tasks"]["math"]["accuracy"]["es_short"]
+          for s in (3, 5)]
+    assert res["table1"]["math/lowrank1 - es_short"]["values"] == pytest.approx(lr)
+    assert any(f["claim"].startswith("[lowrank1] matches or beats ES short") for f in res["findings"])
+    assert "barrier lowrank1|lowrank1" in res["nulls"]["math"]
     verdicts = {f["verdict"].split(" ")[0] for f in res["findings"]}
     assert verdicts <= {"yes", "no", "undecided", "not"}
     md = (root / "report.md").read_text()
-    for section in ("Findings", "Table 1 over seeds", "Nulls between seeds", "Geometry over seeds"):
+    for section in ("Findings", "Table 1 over seeds", "Nulls between seeds", "ES variant arms", "Geometry over seeds"):
         assert f"## {section}" in md
     assert (root / "figures" / "table1-seeds.png").exists()
     assert "data:image/png;base64," in (root / "report.html").read_text()
@@ -135,6 +145,28 @@ def test_findings_decide_from_the_interval():
     assert got["ES short matches or beats GRPO"] == "no"
     assert got["ES moves the weights further than GRPO"] == "yes"
     assert got["ES drifts more off-task than GRPO"] == "not measured"
+
+
+def test_variant_findings_answer_the_three_questions_from_the_intervals():
+    iv = lambda lo, hi: {"mean": (lo + hi) / 2, "lo": lo, "hi": hi, "n": 3, "values": []}  # noqa: E731
+    agg = {"table1": {"math/gain lowrank1": iv(0.01, 0.05), "math/lowrank1 - es_short": iv(-0.03, 0.04),
+                      "math/lowrank1 - grpo": iv(-0.09, -0.02)},
+           "geometry": {"math/norm lowrank1 / predicted": iv(0.97, 1.02), "math/norm ratio lowrank1/grpo": iv(9, 12),
+                        "math/cosine grpo|lowrank1": iv(-0.001, 0.001),
+                        "math/cosine es_short|lowrank1": iv(-1e-3, 1e-3),
+                        "math/off-task KL lowrank1 - es_short": iv(-0.01, 0.01)},
+           "sequence": {"mean_forgetting lowrank1 - es_short": iv(0.01, 0.03)},
+           "nulls": {"math": {"cosine grpo|grpo": iv(0.2, 0.4), "cosine es_short|es_short": iv(-2e-3, 2e-3)}}}
+    got = {f["claim"].split(" (")[0]: f["verdict"] for f in findings(agg)}
+    assert got["[lowrank1] improves on the base model"] == "yes"
+    assert got["[lowrank1] matches or beats ES short"] == "undecided"  # consistent with matching
+    assert got["[lowrank1] matches or beats GRPO"] == "no"
+    assert got["[lowrank1] its norm is the walk's prediction"] == "yes"
+    assert got["[lowrank1] reaches another solution than GRPO"] == "yes"
+    assert got["[lowrank1] its update is as orthogonal to full-rank ES short's"] == "yes"
+    assert got["[lowrank1] drifts more off-task than ES short"] == "undecided"
+    assert got["[lowrank1] drifts more off-task than GRPO"] == "not measured"
+    assert got["In sequence, lowrank1 forgets more than ES short"] == "yes"
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/*.yaml")), ids=lambda p: p.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 
@@ -38,9 +39,13 @@ GEOMETRY_SECTIONS = ["Update norms", "Update directions", "Sparsity and rank of 
                      "Held-out capability (pretraining NLL)", "Theory", "Sequential"]
 
 
+VARIANTS = {"lowrank1": {"rank": "1"}, "awd": {"anchor_decay": "l2", "anchor_lambda": "10"}}
+ARMS = ("es_short", "es_long", "grpo", "lowrank1", "awd")
+
+
 @pytest.mark.slow
 def test_study_end_to_end_and_rerun_reuses_runs(tmp_path, cache_dir, capsys):
-    cfg = small_study(tmp_path / "study", cache_dir)
+    cfg = dataclasses.replace(small_study(tmp_path / "study", cache_dir), es_variants=VARIANTS)
     res = run_study(cfg)
     root = tmp_path / "study"
     md = (root / "report.md").read_text()
@@ -59,7 +64,20 @@ def test_study_end_to_end_and_rerun_reuses_runs(tmp_path, cache_dir, capsys):
     assert "exact random walk" in md
     for task in ("math", "boolq"):
         assert set(analysis["kl"][task]["grpo"]) == {"math", "boolq"}  # on-task and off-task
-        assert set(analysis["interpolation"][task]) == {"base->es_long", "base->grpo", "es_long->grpo"}
+        assert set(analysis["interpolation"][task]) == {"base->es_long", "base->grpo", "es_long->grpo",
+                                                        "es_short->lowrank1", "lowrank1->grpo", "es_short->awd",
+                                                        "awd->grpo"}
+        assert set(analysis["kl"][task]) == set(ARMS) and set(analysis["capability"][task]) == set(ARMS)
+        cos = analysis["weights"][task]["cosine"]
+        assert {"es_short|lowrank1", "grpo|lowrank1", "es_short|awd", "grpo|awd", "lowrank1|awd"} <= set(cos)
+        # the variants' norms beside the walk's predictions, by hand: alpha sqrt(dT/N) for rank 1 (unit-variance
+        # eps), the l2 anchor's Ornstein-Uhlenbeck level with rho = 1 - alpha lambda for awd
+        pred = analysis["theory"]["walks"][task]["variants"]
+        d, T, N, a = cos["es_short|awd"]["d"], 2, 4, 0.02
+        assert pred["lowrank1"]["predicted"] == pytest.approx(a * math.sqrt(d * T / N))
+        rho2 = (1 - a * 10) ** 2
+        assert pred["awd"]["predicted"] == pytest.approx(a * math.sqrt(d / N * rho2 * (1 - rho2 ** T) / (1 - rho2)))
+        assert pred["awd"]["measured"] == analysis["weights"][task]["norms"]["awd"]["total"]["abs"] > 0
         norms = analysis["weights"][task]["norms"]
         assert norms["es_long"]["total"]["abs"] > norms["grpo"]["total"]["abs"] > 0  # both moved, ES further
         probes = analysis["probes"][task]
@@ -73,15 +91,24 @@ def test_study_end_to_end_and_rerun_reuses_runs(tmp_path, cache_dir, capsys):
         # every Table 1 cell is the accuracy its run directory evaluated, on n_test examples
         es_eval = json.loads((root / "runs" / f"{task}-es" / "eval.json").read_text())
         grpo_eval = json.loads((root / "runs" / f"{task}-grpo" / "eval.json").read_text())
+        v_acc = {v: json.loads((root / "runs" / f"{task}-es-{v}" / "eval.json").read_text())["final"][task]["accuracy"]
+                 for v in VARIANTS}
         assert t["accuracy"] == {"es_short": es_eval["es_short"][task]["accuracy"],
                                  "es_long": es_eval["final"][task]["accuracy"],
-                                 "grpo": grpo_eval["final"][task]["accuracy"]}
+                                 "grpo": grpo_eval["final"][task]["accuracy"], **v_acc}
         assert es_eval["es_short"]["step"] == 2 and es_eval["final"]["step"] == 4
+        for v in VARIANTS:  # each variant arm: its own ES run with the variant's settings and ES short's seed
+            v_eval = json.loads((root / "runs" / f"{task}-es-{v}" / "eval.json").read_text())
+            assert v_eval["final"]["step"] == 2
+            v_cfg = json.loads((root / "runs" / f"{task}-es-{v}" / "results.json").read_text())["config"]
+            assert (v_cfg["rank"], v_cfg["anchor_decay"], v_cfg["seed"]) == (
+                (1, "none", cfg.es.seed) if v == "lowrank1" else (0, "l2", cfg.es.seed))
         assert all(round(10 * a) == 10 * a for a in t["accuracy"].values())  # k correct out of n_test = 10
         b = t["budgets"]
         assert b["es_short"]["rollouts"] == 2 * 4 * 6  # iterations x N x batch
         assert b["es_long"]["rollouts"] == 4 * 4 * 6
         assert b["grpo"]["rollouts"] == 2 * 3 * 4  # steps x prompts x K
+        assert b["lowrank1"]["rollouts"] == b["awd"]["rollouts"] == 2 * 4 * 6
         assert b["es_long"]["tokens"] > b["es_short"]["tokens"] > 0
     # an independent evaluation of the GRPO checkpoint reproduces its cell
     from esgrpo.config import EvalConfig
@@ -95,14 +122,16 @@ def test_study_end_to_end_and_rerun_reuses_runs(tmp_path, cache_dir, capsys):
     # the sequence: stage 1 of every method is its single-task run on the first task, stage 2 trains on
     seq = json.loads((root / "sequence" / "sequence.json").read_text())
     assert seq["settings"]["order"] == ["math", "boolq"]
-    for m in ("es_short", "es_long", "grpo"):
+    for m in ARMS:
         st = seq["methods"][m]["stages"]
         assert [x["task"] for x in st] == ["math", "boolq"]
-        assert st[0]["checkpoint"] == saved["tasks"]["math"]["runs"]["es" if m != "grpo" else "grpo"] + (
+        assert st[0]["checkpoint"] == saved["tasks"]["math"]["runs"][m if m in VARIANTS else "es" if m != "grpo"
+                                                                     else "grpo"] + (
             "/checkpoints/step-000002" if m == "es_short" else "/checkpoints/final")
         assert "/sequence/runs/" in st[1]["checkpoint"] and set(st[1]["accuracy"]) == {"math", "boolq"}
         assert set(st[1]["kl"]) == {"math", "boolq"} and "average_accuracy" in seq["methods"][m]["metrics"]
-    assert "## Sequential" in md
+    assert "## Sequential" in md and "## ES variant arms: geometry" in md
+    assert "| GRPO | lowrank1 | awd |" in md and "| lowrank1 |" in md  # Table 1's columns, the sequence rows
     # ES short is ES long's checkpoint at the short budget
     es_run = root / "runs" / "math-es"
     assert (es_run / "checkpoints" / "step-000002").exists() and (es_run / "checkpoints" / "final").exists()
@@ -165,3 +194,13 @@ def test_the_real_model_study_config_runs_end_to_end_on_tiny(tmp_path, cache_dir
     assert all([x["task"] for x in seq["methods"][m]["stages"]] == ["math", "boolq"]
                for m in ("es_short", "es_long", "grpo"))
     assert "## Sequential" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_only_names_variant_arms_as_cells():
+    from esgrpo.errors import ConfigError
+    from esgrpo.study import parse_only
+
+    got = parse_only(["math:lowrank1", "math:es_short", "boolq:grpo"], ["math", "boolq"], ("lowrank1", "awd"))
+    assert got == {"math": ("lowrank1", "es"), "boolq": ("grpo",)}
+    with pytest.raises(ConfigError, match="lowrank1"):  # the error lists the arms there are
+        parse_only(["math:lowrank2"], ["math"], ("lowrank1",))

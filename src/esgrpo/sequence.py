@@ -1,7 +1,8 @@
 """Sequential post-training (continual learning): the tasks one after another, no replay.
 
-For each method (ES short, ES long, GRPO by default) stage s trains on task order[s-1] starting from
-stage s-1's weights (stage 0 = the base model), with the method's single-task budget per stage. Each
+For each method (ES short, ES long, GRPO by default, and the ES variant arms of `es_variants`) stage s
+trains on task order[s-1] starting from stage s-1's weights (stage 0 = the base model), with the method's
+single-task budget per stage. Each
 stage is an ordinary training run whose base model is the previous stage's checkpoint, so it is
 resumable on its own; ES and GRPO seeds are offset per stage (seed + 1000 s) so stages do not reuse
 the same noise directions / prompt orders. GRPO starts every stage with a fresh AdamW unless
@@ -149,8 +150,11 @@ class TrainingRunner(Runner):
 
     def _stage_cfg(self, method: str, stage: int, task: str, init: str) -> TrainConfig:
         c = self.cfg
-        es = dataclasses.replace(c.es, seed=c.es.seed + STAGE_SEED_STRIDE * (stage - 1),
-                                 iterations=c.es.iterations * (c.es_long_factor if method == "es_long" else 1))
+        if method in c.es_variants:  # an ES variant arm: its own es settings, ES short's budget unless it sets one
+            es = dataclasses.replace(c.variant_es(method), seed=c.es.seed + STAGE_SEED_STRIDE * (stage - 1))
+        else:
+            es = dataclasses.replace(c.es, seed=c.es.seed + STAGE_SEED_STRIDE * (stage - 1),
+                                     iterations=c.es.iterations * (c.es_long_factor if method == "es_long" else 1))
         grpo = dataclasses.replace(c.grpo, seed=c.grpo.seed + STAGE_SEED_STRIDE * (stage - 1))
         model = c.model if stage == 1 else dataclasses.replace(c.model, name=init)
         return TrainConfig(model=model, tiny=c.tiny, data=self.data, prompt=c.prompt, generation=c.generation, es=es,
@@ -163,7 +167,8 @@ class TrainingRunner(Runner):
         short = self.cfg.es.iterations
         path = {"es_short": runs / f"{task}-es" / "checkpoints" / f"step-{short:06d}",
                 "es_long": runs / f"{task}-es" / "checkpoints" / "final",
-                "grpo": runs / f"{task}-grpo" / "checkpoints" / "final"}[method]
+                "grpo": runs / f"{task}-grpo" / "checkpoints" / "final"}.get(
+            method, runs / f"{task}-es-{method}" / "checkpoints" / "final")  # a variant arm
         return str(path) if (path / "config.json").exists() else None
 
     def train(self, method: str, stage: int, task: str, init: str) -> str:
@@ -224,7 +229,7 @@ def sequence_n_test(cfg: SequenceConfig) -> int:
 
 
 # The settings that decide the weights of stage 1 (and so whether a study's run can be reused as it).
-_STAGE1_SECTIONS = ("model.", "tiny.", "data.", "es.", "grpo.", "es_long_factor")
+_STAGE1_SECTIONS = ("model.", "tiny.", "data.", "es.", "grpo.", "es_long_factor", "es_variants")
 _STAGE1_IGNORED = ("data.n_test", "data.tasks")
 
 
@@ -246,7 +251,7 @@ def check_reuse(cfg: SequenceConfig) -> None:
 def settings_summary(cfg: SequenceConfig) -> dict[str, Any]:
     """What the report says about the sequence's settings."""
     s = cfg.sequential
-    return {"order": s.order, "methods": s.methods, "es_iterations": cfg.es.iterations,
+    return {"order": s.order, "methods": cfg.arms(), "es_iterations": cfg.es.iterations,
             "es_long_factor": cfg.es_long_factor, "grpo_steps": cfg.grpo.steps,
             "grpo_max_rollouts": cfg.grpo.max_rollouts, "keep_optimizer": s.keep_optimizer,
             "n_test": sequence_n_test(cfg), "model": cfg.model.name}
@@ -265,4 +270,4 @@ def run_sequence(cfg: SequenceConfig) -> dict[str, Any]:
         if rec.data.get("settings") != settings_summary(cfg):
             rec.put(settings_summary(cfg), "settings")
         s = cfg.sequential
-        return run_stages(runner, s.order, s.methods, base, run.path, ray=cfg.ray if cfg.parallel == "ray" else None)
+        return run_stages(runner, s.order, cfg.arms(), base, run.path, ray=cfg.ray if cfg.parallel == "ray" else None)

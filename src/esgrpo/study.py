@@ -12,7 +12,7 @@ interval of work.
     1. check everything that can be checked (the study directory's identity, the data) before
        anything is written;
     2. the base model's greedy test accuracy;
-    3. per task: ES (short and long) and GRPO, each trained and evaluated (`train_task`);
+    3. per task: ES (short and long), GRPO and the ES variants (`es_variants`), each trained and evaluated;
     4. further models' base accuracy (`extra_models`);
     5. the geometry analyses and theory checks (`analysis.json`, analysis/study.py);
     6. the sequential study (`out/sequence/`, sequence.py);
@@ -81,6 +81,18 @@ def train_es_cells(cfg: StudyConfig, task: str, root: Path) -> dict[str, Any]:
             "runs": {"es": es["run"]}}
 
 
+def train_variant_cell(cfg: StudyConfig, task: str, root: Path, name: str) -> dict[str, Any]:
+    """The ES variant arm `name` on `task`: one ES run with the variant's es settings (es_variants)."""
+    tc = dataclasses.replace(cfg.train_config(task), es=dataclasses.replace(cfg.variant_es(name), max_rollouts=0))
+    r = run_training("es", tc, root / "runs" / f"{task}-es-{name}")
+    ev = r["eval"]["final"][task]
+    return {"accuracy": {name: ev["accuracy"]}, "right_format": {name: ev.get("right_format")},
+            "accuracy_right_format": {name: ev.get("accuracy_right_format")},
+            "budgets": {name: {**{k: r["train"][k] for k in ("iterations", "rollouts", "tokens", "seconds")},
+                               **{k: r["train"].get(k) for k in _COST_KEYS}}},
+            "runs": {name: r["run"]}}
+
+
 def train_grpo_cell(cfg: StudyConfig, task: str, root: Path, es_short_rollouts: int | None = None,
                     deps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """GRPO on `task` (budget_mode matched: exactly ES short's rollouts, given or from the ES job in `deps`)."""
@@ -106,15 +118,17 @@ def train_grpo_cell(cfg: StudyConfig, task: str, root: Path, es_short_rollouts: 
 # The study
 
 
-def parse_only(only: list[str], tasks: list[str]) -> dict[str, tuple[str, ...]]:
-    """['math:grpo', 'boolq:es'] -> {'math': ('grpo',), 'boolq': ('es',)}; es_short/es_long mean es."""
+def parse_only(only: list[str], tasks: list[str], variants: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """['math:grpo', 'boolq:es'] -> {'math': ('grpo',), 'boolq': ('es',)}; es_short/es_long mean es; a variant
+    arm (es_variants) is a method of its own."""
     cells: dict[str, list[str]] = {}
+    methods = (*CELL_METHODS, *variants)
     for item in only:
         task, _, method = item.partition(":")
         method = {"es_short": "es", "es_long": "es"}.get(method, method)
-        if task not in tasks or method not in CELL_METHODS:
+        if task not in tasks or method not in methods:
             raise ConfigError(f"--only {item!r}: expected TASK:METHOD with TASK among {', '.join(tasks)} and METHOD "
-                              f"among {', '.join(CELL_METHODS)} (es trains ES short and ES long together)")
+                              f"among {', '.join(methods)} (es trains ES short and ES long together)")
         cells.setdefault(task, [])
         if method not in cells[task]:
             cells[task].append(method)
@@ -160,6 +174,10 @@ def study_jobs(cfg: StudyConfig, root: Path, cells: dict[str, tuple[str, ...]], 
             es_job[task] = len(jobs)
             jobs.append((Job(f"{task} es", train_es_cells, (cfg, task, root)), merge_task(task)))
     for task, methods in cells.items():
+        for name in cfg.es_variants if cfg.train else ():
+            if name in methods:
+                jobs.append((Job(f"{task} {name}", train_variant_cell, (cfg, task, root, name)), merge_task(task)))
+    for task, methods in cells.items():
         if cfg.train and "grpo" in methods:
             after = (es_job[task],) if cfg.budget_mode == "matched" and task in es_job else ()
             known = results["tasks"].get(task, {}).get("budgets", {}).get("es_short", {}).get("rollouts")
@@ -189,7 +207,9 @@ def run_study(cfg: StudyConfig, only: list[str] | None = None) -> dict[str, Any]
     # 1. Checks before anything is written: the settings (also when built in Python), the study directory's
     #    identity and the data.
     validate(cfg)
-    cells = parse_only(only, cfg.data.tasks) if only else {t: CELL_METHODS for t in cfg.data.tasks}
+    variants = tuple(cfg.es_variants)
+    cells = parse_only(only, cfg.data.tasks, variants) if only else \
+        {t: (*CELL_METHODS, *variants) for t in cfg.data.tasks}
     data = [ex for split, n in (("train", cfg.data.n_train), ("test", cfg.data.n_test))
             for exs in load_task_examples(cfg.data, split, n).values() for ex in exs]
     t0 = time.time()
@@ -214,7 +234,7 @@ def run_study(cfg: StudyConfig, only: list[str] | None = None) -> dict[str, Any]
 
         run_jobs([j for j, _ in jobs], cfg.ray if cfg.parallel == "ray" else None, on_done=done)
         if only:
-            print(_cells_table(results, cells))
+            print(_cells_table(results, cells, cfg.arms()))
             if not _complete(results, cfg):
                 return results
             _say("every cell is done; finishing the study")
@@ -246,19 +266,20 @@ def sequence_config(cfg: StudyConfig) -> SequenceConfig:
     return SequenceConfig(model=cfg.model, tiny=cfg.tiny, data=cfg.data, prompt=cfg.prompt, generation=cfg.generation,
                           es=cfg.es,
                           grpo=cfg.grpo, ray=cfg.ray, sequential=dataclasses.replace(cfg.sequential, order=order),
-                          es_long_factor=cfg.es_long_factor, reuse=cfg.out, out=str(Path(cfg.out) / "sequence"),
+                          es_long_factor=cfg.es_long_factor, es_variants=cfg.es_variants, reuse=cfg.out,
+                          out=str(Path(cfg.out) / "sequence"),
                           parallel=cfg.parallel, report_to=cfg.report_to)
 
 
 def _complete(results: dict[str, Any], cfg: StudyConfig) -> bool:
     return "base" in results and (not cfg.train or all(
-        set(results["tasks"].get(t, {}).get("accuracy", {})) >= {"es_short", "es_long", "grpo"}
+        set(results["tasks"].get(t, {}).get("accuracy", {})) >= set(cfg.arms())
         for t in cfg.data.tasks))
 
 
-def _cells_table(results: dict[str, Any], cells: dict[str, tuple[str, ...]]) -> str:
+def _cells_table(results: dict[str, Any], cells: dict[str, tuple[str, ...]], arms: list[str]) -> str:
     """The asked-for cells as a Markdown table (accuracy %, '-' where not computed)."""
-    cols = ("base", "es_short", "es_long", "grpo")
+    cols = ("base", *arms)
     lines = ["| task | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for task in cells:
         acc = {**results["tasks"].get(task, {}).get("accuracy", {}),

@@ -49,10 +49,12 @@ def pairs(seeds: list[int]) -> list[tuple[int, int]]:
     return list(itertools.combinations(seeds, 2))
 
 
-def path_list(seeds: list[int]) -> list[tuple[str, tuple[int, str], tuple[int, str]]]:
-    """(kind, (seed, method) at alpha 0, (seed, method) at alpha 1) of every null and ES-vs-GRPO path."""
-    out = [(f"{m}|{m}", (a, m), (b, m)) for m in ("es_long", "grpo") for a, b in pairs(seeds)]
-    return out + [("es_long|grpo", (s, "es_long"), (s, "grpo")) for s in seeds]
+def path_list(seeds: list[int], variants: list[str] | tuple[str, ...] = ()
+              ) -> list[tuple[str, tuple[int, str], tuple[int, str]]]:
+    """(kind, (seed, method) at alpha 0, (seed, method) at alpha 1) of every null and ES-vs-GRPO path; each
+    ES variant arm adds its own seed-vs-seed null and its path to GRPO (same seed)."""
+    out = [(f"{m}|{m}", (a, m), (b, m)) for m in ("es_long", "grpo", *variants) for a, b in pairs(seeds)]
+    return out + [(f"{m}|grpo", (s, m), (s, "grpo")) for m in ("es_long", *variants) for s in seeds]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,7 +82,7 @@ def between_seeds(root: Path, cfg: StudyConfig, dirs: dict[int, Path]) -> dict[s
             continue
         _say(f"cosines between seeds: {t}")
         cos: dict[str, Any] = {}
-        for m in METHODS:
+        for m in cfg.arms():
             cos[f"{m}|{m}"] = {f"{a}|{b}": weights.cosine(base, ckpts[a][t][m], ckpts[b][t][m])["cosine"]
                                for a, b in pairs(seeds)}
         cos["es_long|grpo"] = {f"{s}|{s}": weights.cosine(base, ckpts[s][t]["es_long"], ckpts[s][t]["grpo"])["cosine"]
@@ -105,7 +107,7 @@ def between_seeds(root: Path, cfg: StudyConfig, dirs: dict[int, Path]) -> dict[s
             return {"rewards": evaluate_task(p, task, examples, gen, per_example=True, label=f"null {task.name}")
                     ["rewards"]}
 
-        for kind, (sa, ma), (sb, mb) in path_list(seeds):
+        for kind, (sa, ma), (sb, mb) in path_list(seeds, list(cfg.es_variants)):
             key = f"{ma}@{sa}->{mb}@{sb}"
             if store.has("barriers", t, key):
                 continue
@@ -152,10 +154,14 @@ def per_seed_numbers(study_dir: Path) -> dict[str, dict[str, float | None]]:
     t1: dict[str, float | None] = {}
     for task, base in res.get("base", {}).items():
         acc = _get(res, "tasks", task, "accuracy") or {}
+        variants = [m for m in acc if m not in METHODS]  # the ES variant arms (es_variants), in their order
         t1[f"{task}/base"] = base
-        for m in METHODS:
+        for m in (*METHODS, *variants):
             t1[f"{task}/{m}"] = acc.get(m)
             t1[f"{task}/gain {m}"] = acc[m] - base if m in acc else None
+        for v in variants:
+            for other in ("es_short", "grpo"):
+                t1[f"{task}/{v} - {other}"] = acc[v] - acc[other] if other in acc else None
         if "es_short" in acc and "grpo" in acc:
             t1[f"{task}/es_short - grpo"] = acc["es_short"] - acc["grpo"]
         if "es_short" in acc and "es_long" in acc:
@@ -189,6 +195,7 @@ def per_seed_numbers(study_dir: Path) -> dict[str, dict[str, float | None]]:
         ratios = [kl[b]["kl"] / rw[b] for b in rw if b != task and rw[b] and isinstance(kl.get(b), dict)]
         if ratios:
             geo[f"{task}/off-task KL es_long / exact random walk"] = sum(ratios) / len(ratios)
+        geo.update(_variant_geometry(a, task, walk))
     seq: dict[str, float | None] = {}
     s_path = study_dir / "sequence" / "sequence.json"
     if s_path.exists():
@@ -199,11 +206,43 @@ def per_seed_numbers(study_dir: Path) -> dict[str, dict[str, float | None]]:
                 seq[f"{m}/{k}"] = met.get(k)
             for k in ("diagonal", "off_diagonal"):
                 seq[f"{m}/KL {k}"] = _get(v, "kl_split", k)
-        for a_, b_ in (("es_long", "grpo"), ("es_short", "grpo"), ("es_long", "es_short")):
+        variants = [m for m in s.get("methods", {}) if m not in METHODS]
+        for a_, b_ in (("es_long", "grpo"), ("es_short", "grpo"), ("es_long", "es_short"),
+                       *((v, o) for v in variants for o in ("es_short", "grpo"))):
             fa, fb = seq.get(f"{a_}/mean_forgetting"), seq.get(f"{b_}/mean_forgetting")
             if fa is not None and fb is not None:
                 seq[f"mean_forgetting {a_} - {b_}"] = fa - fb
     return {"table1": t1, "geometry": geo, "sequence": seq}
+
+
+def _diff(x: float | None, y: float | None) -> float | None:
+    return x - y if x is not None and y is not None else None
+
+
+def _variant_geometry(a: dict[str, Any], task: str, walk: dict[str, Any]) -> dict[str, float | None]:
+    """One seed's geometry numbers of every ES variant arm on `task`: norm (and over its prediction and over
+    GRPO's), cosines with the other arms, on/off-task KL and its differences to ES short and GRPO, held-out NLL
+    change, the barriers from ES short and to GRPO."""
+    w, geo = a["weights"][task], {}
+    for v in [m for m in w["norms"] if m not in METHODS]:
+        nv, ng = _get(w, "norms", v, "total", "abs"), _get(w, "norms", "grpo", "total", "abs")
+        geo[f"{task}/norm {v}"] = nv
+        geo[f"{task}/norm ratio {v}/grpo"] = nv / ng if nv is not None and ng else None
+        pred = _get(walk, "variants", v, "predicted")
+        geo[f"{task}/norm {v} / predicted"] = nv / pred if nv is not None and pred else None
+        for pair, c in w["cosine"].items():
+            if v in pair.split("|"):
+                geo[f"{task}/cosine {pair}"] = c.get("cosine")
+        kl = _get(a, "kl", task, v)
+        geo[f"{task}/on-task KL {v}"] = _get(kl, task, "kl")
+        geo[f"{task}/off-task KL {v}"] = off = _off_task_kl(kl, task)
+        for other in ("es_short", "grpo"):
+            geo[f"{task}/off-task KL {v} - {other}"] = _diff(off, _off_task_kl(_get(a, "kl", task, other), task))
+        nll, nll0 = _get(a, "capability", task, v, "nll"), _get(a, "capability", "base", "nll")
+        geo[f"{task}/held-out NLL change {v}"] = _diff(nll, nll0)
+        for path in (f"es_short->{v}", f"{v}->grpo"):
+            geo[f"{task}/barrier {path}"] = _get(a, "interpolation", task, path, "barriers", "mean_accuracy")
+    return geo
 
 
 def aggregate(dirs: dict[int, Path], nulls: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -231,7 +270,7 @@ def summarise_nulls(nulls: dict[str, Any]) -> dict[str, Any]:
         row["inv_sqrt_d"] = cos.get("inv_sqrt_d")
     for t, paths in nulls.get("barriers", {}).items():
         row = out.setdefault(t, {})
-        for kind in PATH_KINDS:
+        for kind in dict.fromkeys([*PATH_KINDS, *(p["kind"] for p in paths.values())]):
             got = [{"path": key, **p["barrier"]} for key, p in paths.items() if p["kind"] == kind]
             if got:
                 row[f"barrier {kind}"] = {**mean_interval([g["value"] for g in got]), "paths": got}
@@ -334,13 +373,58 @@ def findings(agg: dict[str, Any]) -> list[dict[str, str]]:
                                   "bound, no when above it)", "task": task,
                          "numbers": f"ES-vs-GRPO {_ivs(bg)}, ES-vs-ES {_ivs(nb[0])}, GRPO-vs-GRPO {_ivs(nb[1])} "
                                     "points", "verdict": verdict})
-    for a_, b_ in (("es_long", "grpo"), ("es_long", "es_short"), ("es_short", "grpo")):
+        rows += _variant_findings(task, t1, geo, n)
+    variants = list(dict.fromkeys(k.split(" ")[1] for k in seq if k.startswith("mean_forgetting ")
+                                  and k.split(" ")[1] not in METHODS))
+    for a_, b_ in (("es_long", "grpo"), ("es_long", "es_short"), ("es_short", "grpo"),
+                   *((v, o) for v in variants for o in ("es_short", "grpo"))):
         iv = seq.get(f"mean_forgetting {a_} - {b_}")
         if iv:
             la, lb = (x.replace("es_long", "ES long").replace("es_short", "ES short").replace("grpo", "GRPO")
                       for x in (a_, b_))
             rows.append({"claim": f"In sequence, {la} forgets more than {lb} (mean forgetting {la} - {lb} > 0)",
                          "task": "sequence", "numbers": f"{_ivs(iv)} points", "verdict": _verdict(iv, 0.0, True)})
+    return rows
+
+
+def _variant_findings(task: str, t1: dict[str, Any], geo: dict[str, Any], nulls: dict[str, Any]
+                      ) -> list[dict[str, str]]:
+    """The three questions about each ES variant arm on `task`: does it learn as well as full-rank ES and GRPO,
+    does its update share ES's geometry (norm, orthogonality to GRPO, off-task KL), does it drift less."""
+    rows: list[dict[str, str]] = []
+    prefix = f"{task}/gain "
+    for v in [k[len(prefix):] for k in t1 if k.startswith(prefix) and k[len(prefix):] not in METHODS]:
+        def row(claim: str, numbers: str, verdict: str, v: str = v) -> None:
+            rows.append({"claim": f"[{v}] {claim}", "task": task, "numbers": numbers, "verdict": verdict})
+
+        iv = t1.get(f"{task}/gain {v}")
+        row("improves on the base model", f"gain {_ivs(iv)} points", _verdict(iv, 0.0, True))
+        for other, label in (("es_short", "ES short"), ("grpo", "GRPO")):
+            iv = t1.get(f"{task}/{v} - {other}")
+            row(f"matches or beats {label} (accuracy {v} - {label} > 0: yes; < 0: no; undecided is consistent "
+                "with matching)", f"{_ivs(iv)} points", _verdict(iv, 0.0, True))
+        iv = geo.get(f"{task}/norm {v} / predicted")
+        if iv:
+            row("its norm is the walk's prediction (alpha sqrt(dT/N), or the anchored OU level; within 10%)",
+                _ivs(iv, 1.0, ".4g"), _within(iv, 0.9, 1.1))
+        iv = geo.get(f"{task}/norm ratio {v}/grpo")
+        row("moves the weights further than GRPO (norm ratio > 1)", f"ratio {_ivs(iv, 1.0, '.3g')}",
+            _verdict(iv, 1.0, True))
+        vg, gg = geo.get(f"{task}/cosine grpo|{v}"), nulls.get("cosine grpo|grpo")
+        if vg and gg and vg.get("hi") is not None and gg.get("lo") is not None:
+            row("reaches another solution than GRPO (cosine with GRPO, same seed, below the GRPO-vs-GRPO null)",
+                f"{_ivs(vg, 1.0, '.3g')} vs {_ivs(gg, 1.0, '.3g')}", "yes" if vg["hi"] < gg["lo"] else "undecided")
+        iv = geo.get(f"{task}/cosine es_short|{v}")
+        if iv:
+            ee = nulls.get("cosine es_short|es_short")
+            row("its update is as orthogonal to full-rank ES short's (same seed) as two ES short seeds are "
+                "(cosine inside the ES-short-vs-ES-short null's interval)",
+                f"{_ivs(iv, 1.0, '.3g')} vs {_ivs(ee, 1.0, '.3g')}",
+                _within(iv, ee["lo"], ee["hi"]) if ee and ee.get("lo") is not None else "undecided (no null)")
+        for other, label in (("es_short", "ES short"), ("grpo", "GRPO")):
+            iv = geo.get(f"{task}/off-task KL {v} - {other}")
+            row(f"drifts more off-task than {label} (off-task KL {v} - {label} > 0)", f"{_ivs(iv, 1.0, '.3g')} nats",
+                _verdict(iv, 0.0, True))
     return rows
 
 

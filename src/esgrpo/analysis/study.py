@@ -1,7 +1,7 @@
 """All geometry analyses of a finished study, from its checkpoints and run records only.
 
-For every trained task, with ES = the ES-long checkpoint, ES short its earlier checkpoint and GRPO the
-GRPO checkpoint (all from the same base):
+For every trained task, with ES = the ES-long checkpoint, ES short its earlier checkpoint, GRPO the
+GRPO checkpoint and each ES variant arm's final checkpoint (`es_variants`; all from the same base):
 1. weights: update norms (overall, per layer, per module type), cosines between the updates (ES/GRPO,
    ES short/ES long, and across tasks), sparsity and per-matrix rank;
 2. capability: NLL of the tiny model's held-out pretraining documents before and after;
@@ -29,7 +29,7 @@ from esgrpo.analysis.connectivity import barriers, default_alphas, greedy_refere
 from esgrpo.analysis.kl import kl_drift
 from esgrpo.analysis.probes import direction_probe
 from esgrpo.checkpoints import base_checkpoint, checkpoint_policy
-from esgrpo.config import METHODS, AnalysisConfig, GenerationConfig, StudyConfig
+from esgrpo.config import AnalysisConfig, GenerationConfig, StudyConfig
 from esgrpo.models.policy import Policy
 from esgrpo.runs import JsonRecord, read_json
 from esgrpo.tasks import load_task_examples
@@ -38,9 +38,24 @@ from esgrpo.tasks.prompting import make_task
 
 
 def method_checkpoints(task_result: dict[str, Any], es_short_iterations: int) -> dict[str, Path]:
-    es, grpo = Path(task_result["runs"]["es"]), Path(task_result["runs"]["grpo"])
+    """{arm: checkpoint} of one task: ES short, ES long, GRPO, then every ES variant arm the task trained."""
+    runs = task_result["runs"]
+    es, grpo = Path(runs["es"]), Path(runs["grpo"])
     return {"es_short": es / "checkpoints" / f"step-{es_short_iterations:06d}",
-            "es_long": es / "checkpoints" / "final", "grpo": grpo / "checkpoints" / "final"}
+            "es_long": es / "checkpoints" / "final", "grpo": grpo / "checkpoints" / "final",
+            **{arm: Path(run) / "checkpoints" / "final" for arm, run in runs.items() if arm not in ("es", "grpo")}}
+
+
+def cosine_pairs(arms: list[str]) -> list[tuple[str, str]]:
+    """The update pairs whose cosine is measured: ES long|GRPO, ES short|GRPO, ES short|ES long, and every
+    variant arm with each arm before it (ES short, ES long, GRPO, earlier variants)."""
+    pairs = [("es_long", "grpo"), ("es_short", "grpo"), ("es_short", "es_long")]
+    return pairs + [(a, v) for i, v in enumerate(arms) if i >= 3 for a in arms[:i]]
+
+
+def variant_paths(arms: list[str]) -> dict[str, tuple[str, str]]:
+    """Interpolation paths of the variant arms: from ES short to the variant, and from the variant to GRPO."""
+    return {p: ends for v in arms[3:] for p, ends in ((f"es_short->{v}", ("es_short", v)), (f"{v}->grpo", (v, "grpo")))}
 
 
 def log_grid(lo: float, hi: float, n: int, extra: list[float]) -> list[float]:
@@ -63,7 +78,7 @@ def _weights_summary(base: Path, ckpts: dict[str, Path], cfg: AnalysisConfig) ->
         eff = [v["effective_rank"] / v["max_rank"] for v in mats.values() if v["effective_rank"] == v["effective_rank"]]
         out["rank"][m] = {"per_matrix": mats,
                           "mean_effective_rank_fraction": sum(eff) / len(eff) if eff else float("nan")}
-    for a, b in (("es_long", "grpo"), ("es_short", "grpo"), ("es_short", "es_long")):
+    for a, b in cosine_pairs(list(ckpts)):
         c = weights.cosine(base, ckpts[a], ckpts[b])
         out["cosine"][f"{a}|{b}"] = {k: c[k] for k in ("cosine", "norm_a", "norm_b", "d", "random_baseline",
                                                        "inv_sqrt_d")}
@@ -208,7 +223,7 @@ def _capability(ctx: _Context) -> None:
             if not ctx.store.has("capability", t):
                 ctx.store.put({}, "capability", t)
             continue
-        for m in METHODS:
+        for m in ctx.ckpts[t]:
             if not ctx.store.has("capability", t, m):
                 ctx.store.put(heldout_nll(ctx.trained(t, m), ctx.base, ctx.a.heldout_docs), "capability", t, m)
 
@@ -216,7 +231,7 @@ def _capability(ctx: _Context) -> None:
 def _kl_drift(ctx: _Context) -> None:
     examples = {k: v[:ctx.a.kl_prompts] for k, v in ctx.test.items()}
     for t in ctx.tasks:
-        for m in METHODS:
+        for m in ctx.ckpts[t]:
             if not ctx.store.has("kl", t, m):
                 ctx.say(f"KL drift: {m} trained on {t}")
                 ctx.store.put(kl_drift(ctx.trained(t, m), ctx.policy, examples, ctx.a.kl_samples,
@@ -226,8 +241,9 @@ def _kl_drift(ctx: _Context) -> None:
 
 def _connectivity(ctx: _Context) -> None:
     alphas = default_alphas(ctx.a.alphas)
-    paths = {"base->es_long": (None, "es_long"), "base->grpo": (None, "grpo"), "es_long->grpo": ("es_long", "grpo")}
     for t in ctx.tasks:
+        paths = {"base->es_long": (None, "es_long"), "base->grpo": (None, "grpo"), "es_long->grpo": ("es_long", "grpo"),
+                 **variant_paths(list(ctx.ckpts[t]))}
         ev_tasks = [t] if ctx.a.interp_tasks == "trained" else list(ctx.test)
         ex = {k: ctx.test[k][:ctx.a.n_examples] for k in ev_tasks}
         refs = None
@@ -308,4 +324,19 @@ def _theory(ctx: _Context) -> None:
         w = walk_drift(ctx.results["tasks"][t]["runs"]["es"], ctx.cfg.es.alpha, ctx.cfg.es.population,
                        direction=ctx.ckpts[t]["grpo"], direction_base=ctx.base)
         w["tensor_ratios"] = {k: v["ratio"] for k, v in w.pop("per_tensor").items() if v["ndim"] == 2}
+        w["variants"] = {v: _variant_norm(ctx, t, v, w["d"]) for v in list(ctx.ckpts[t])[3:]}
         ctx.store.put(w, "theory", "walks", t)
+
+
+def _variant_norm(ctx: _Context, t: str, arm: str, d: int) -> dict[str, Any]:
+    """A variant arm's update norm beside the walk's prediction: alpha sqrt(dT/N) (low-rank eps has unit-variance
+    entries too), the Ornstein-Uhlenbeck level with the l2 anchor (theory/predict.awd_norm); none for l1."""
+    from esgrpo.theory.predict import awd_norm
+
+    es = ctx.cfg.variant_es(arm)
+    T = ctx.results["tasks"][t]["budgets"][arm]["iterations"]
+    step = es.alpha * es.anchor_lambda if es.anchor_decay == "l2" else 0.0
+    predicted = None if es.anchor_decay == "l1" else awd_norm(es.alpha, es.members_per_iteration, T, d, step)
+    measured = ctx.store.at("weights", t, "norms", arm, "total", "abs")
+    return {"measured": measured, "predicted": predicted, "iterations": T, "members": es.members_per_iteration,
+            "alpha": es.alpha, "rank": es.rank, "anchor_decay": es.anchor_decay, "anchor_step": step}

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import re
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
-from esgrpo.config.core import NON_NEGATIVE, POSITIVE, PROBABILITY, F, sub
+from esgrpo.config.core import NON_NEGATIVE, POSITIVE, PROBABILITY, F, coerce, sub, validate
 from esgrpo.errors import ConfigError, brief
 
 TASK_NAMES = ("countdown", "math", "chemistry", "boolq")
@@ -495,6 +497,8 @@ class SequenceConfig(SetupConfig):
 
     sequential: SequentialSettings = sub(SequentialSettings)
     es_long_factor: int = F(3, "ES long runs this many times es.iterations per stage.", POSITIVE)
+    es_variants: dict[str, dict[str, str]] = F({}, "ES variants run in sequence beside sequential.methods, as in "
+                                                "the study's es_variants (name -> es settings that differ).")
     reuse: str = F("", "A study directory whose single-task runs on the first task serve as stage 1; its "
                    "model, data and trainer settings must equal this config's (checked).", control=True)
     out: str = F("runs/sequence", "Output directory (sequence.json, runs/).", control=True)
@@ -505,6 +509,14 @@ class SequenceConfig(SetupConfig):
 
     def check(self) -> None:
         check_parallel_threads(self)
+        check_variants(self)
+
+    def variant_es(self, name: str) -> ESConfig:
+        return es_variant(self.es, self.es_variants[name], f"es_variants.{name}")
+
+    def arms(self) -> list[str]:
+        """The methods trained in sequence: sequential.methods, then the variants."""
+        return [*self.sequential.methods, *self.es_variants]
 
 
 @dataclass
@@ -524,6 +536,12 @@ class StudyConfig(SetupConfig):
         default_factory=lambda: PromptConfig(format_line=True, shots=2, stop=True),
         metadata={"help": "Prompts for the extra models (real chat models): by default a format line, two worked "
                           "examples and the stop rule (see the prompt section)."})
+    es_variants: dict[str, dict[str, str]] = F(
+        {}, "ES variants as extra arms beside ES short, ES long and GRPO: arm name -> the es settings that differ, "
+        "e.g. {lowrank1: {rank: 1}, awd: {anchor_decay: l2, anchor_lambda: 10}}. Each is one ES run per task of "
+        "its es.iterations (ES short's budget unless it sets iterations), with ES short's seed, in Table 1, the "
+        "geometry analyses (norm with its prediction, cosine with every arm, off-task KL, barriers to ES short and "
+        "GRPO), the seed-vs-seed nulls and the sequence.")
     seeds: list[int] = F([], "Run the whole study once per seed (es.seed = grpo.seed = the seed; model, data and "
                          "analysis seeds stay fixed), each in <out>/seed-<s>/, then report means and 95-percent "
                          "intervals over seeds and the between-seed nulls. Empty: one study (es.seed, grpo.seed).",
@@ -541,6 +559,15 @@ class StudyConfig(SetupConfig):
 
     def check(self) -> None:
         check_parallel_threads(self)
+        check_variants(self)
+
+    def variant_es(self, name: str) -> ESConfig:
+        """The es settings of the variant arm `name`."""
+        return es_variant(self.es, self.es_variants[name], f"es_variants.{name}")
+
+    def arms(self) -> list[str]:
+        """Every trained arm per task: ES short, ES long, GRPO, then the variants in their order."""
+        return [*METHODS, *self.es_variants]
 
     def quick(self) -> StudyConfig:
         """The --quick variant (a smoke run, ~5 min on 2 cores): small budgets, test sets and analysis grids, no
@@ -562,6 +589,41 @@ class StudyConfig(SetupConfig):
         return TrainConfig(model=self.model, tiny=self.tiny, data=self.data, prompt=self.prompt,
                            generation=self.generation, es=self.es, grpo=self.grpo, ray=self.ray,
                            report_to=self.report_to, task=task)
+
+
+ARM_NAME = re.compile(r"[a-z][a-z0-9_]{0,23}")
+VARIANT_FIXED = ("seed",)  # a study sets es.seed per seed; a variant shares ES short's noise seeds
+
+
+def es_variant(es: ESConfig, overrides: dict[str, str], where: str) -> ESConfig:
+    """`es` with a variant's overrides (each coerced to its field's type), validated; errors name the key."""
+    hints = typing.get_type_hints(ESConfig)
+    fields = {f.name: f for f in dataclasses.fields(ESConfig)}
+    changes = {}
+    for key, value in overrides.items():
+        f = fields.get(key)
+        if f is None or key in VARIANT_FIXED or (f.metadata.get("control") and key != "iterations"):
+            raise ConfigError(f"config key '{where}.{key}': not an es setting a variant can change (any es setting "
+                              f"that changes the numbers, or iterations; not {', '.join(VARIANT_FIXED)} or run "
+                              "control)")
+        changes[key] = coerce(value, hints[key], f"{where}.{key}")
+    out = dataclasses.replace(es, **changes)
+    if out == es:
+        raise ConfigError(f"config key '{where}' = {brief(overrides)} changes nothing: the arm would be ES short")
+    try:
+        validate(out, where + ".")
+    except ConfigError as e:  # ESConfig.check names its keys es.*: here they are the variant's
+        raise ConfigError(str(e).replace("'es.", f"'{where}.")) from None
+    return out
+
+
+def check_variants(cfg: StudyConfig | SequenceConfig) -> None:
+    """Variant names are short identifiers other than the built-in arms; each variant is a valid es section."""
+    for name in cfg.es_variants:
+        if not ARM_NAME.fullmatch(name) or name in (*METHODS, "base", "es"):
+            raise ConfigError(f"config key 'es_variants' names an arm {brief(name)}: use a lower-case identifier "
+                              f"(letters, digits, _; at most 24) other than {', '.join((*METHODS, 'base', 'es'))}")
+        cfg.variant_es(name)
 
 
 def check_parallel_threads(cfg: StudyConfig | SequenceConfig) -> None:

@@ -9,8 +9,23 @@ from typing import Any
 
 from esgrpo.report.document import Document
 
-LABELS = {"es_short": "ES short", "es_long": "ES long", "grpo": "GRPO", "es": "ES long", "random": "random"}
-COLORS = {"es_short": "#9ecae1", "es_long": "#3182bd", "es": "#3182bd", "grpo": "#e6550d", "random": "#888888"}
+
+class _Named(dict):
+    """A lookup whose missing keys give `default(key)`: an ES variant arm is labelled by its own name and drawn in
+    matplotlib's next colour (None)."""
+
+    def __init__(self, items: dict[str, Any], default: Any) -> None:
+        super().__init__(items)
+        self.default = default
+
+    def __missing__(self, key: str) -> Any:
+        return self.default(key)
+
+
+LABELS = _Named({"es_short": "ES short", "es_long": "ES long", "grpo": "GRPO", "es": "ES long", "random": "random"},
+                lambda key: key)
+COLORS = _Named({"es_short": "#9ecae1", "es_long": "#3182bd", "es": "#3182bd", "grpo": "#e6550d", "random": "#888888"},
+                lambda key: None)
 
 
 def _f(x: Any, spec: str = ".3g") -> str:
@@ -63,6 +78,40 @@ def add_geometry_sections(doc: Document, root: Path) -> None:
         probes_section(doc, a, figs)
     if a.get("capability"):
         capability_section(doc, a)
+    if any(len(w["norms"]) > 3 for w in a.get("weights", {}).values()):
+        variants_section(doc, a)
+
+
+def variants_section(doc: Document, a: dict[str, Any]) -> None:
+    """The ES variant arms (es_variants) beside ES short, ES long and GRPO: norm against its prediction, cosines,
+    KL drift, held-out NLL change and the barriers from ES short and to GRPO."""
+    doc.heading("ES variant arms: geometry")
+    doc.para("Each variant is one ES run per task (es_variants). Norm: ||theta - theta_base|| over the walk's "
+             "prediction (alpha sqrt(dT/N); with the l2 anchor its Ornstein-Uhlenbeck level, theory/predict.awd_norm); "
+             "cosines of its update with the other arms' (1/sqrt(d) is two random directions' scale); KL to the base "
+             "on the trained task's prompts and the mean over the others (nats per response); accuracy barriers "
+             "(points) along ES short -> variant and variant -> GRPO.")
+    rows = []
+    for t, w in a["weights"].items():
+        for v in list(w["norms"])[3:]:
+            walk = a.get("theory", {}).get("walks", {}).get(t, {}).get("variants", {}).get(v, {})
+            ng = w["norms"]["grpo"]["total"]["abs"]
+            nv = w["norms"][v]["total"]["abs"]
+            cos = {pair.replace(f"|{v}", "").replace(f"{v}|", ""): c["cosine"] for pair, c in w["cosine"].items()
+                   if v in pair.split("|")}
+            kl = a.get("kl", {}).get(t, {}).get(v, {})
+            off = [r["kl"] for e, r in kl.items() if e != t]
+            nll, nll0 = (a.get("capability", {}).get(t, {}).get(v, {}).get("nll"),
+                         a.get("capability", {}).get("base", {}).get("nll"))
+            bars = [a.get("interpolation", {}).get(t, {}).get(p, {}).get("barriers", {}).get(f"{t}/accuracy")
+                    for p in (f"es_short->{v}", f"{v}->grpo")]
+            rows.append([t, v, f"{_f(nv)} / {_f(walk.get('predicted'))}", _f(nv / ng if ng else None),
+                         ", ".join(f"{LABELS[k]} {_f(x, '.3g')}" for k, x in cos.items()),
+                         _f(kl.get(t, {}).get("kl")), _f(sum(off) / len(off)) if off else "-",
+                         _f(nll - nll0, "+.3f") if nll is not None and nll0 is not None else "-",
+                         *(_pct(b, "+.1f") for b in bars)])
+    doc.table(["task", "arm", "norm / predicted", "norm / GRPO's", "cosine with", "on-task KL", "mean off-task KL",
+               "held-out NLL change", "barrier from ES short", "barrier to GRPO"], rows)
 
 
 def norms_section(doc: Document, a: dict[str, Any], figs: Path) -> None:

@@ -22,12 +22,45 @@ def ci(iv: dict[str, Any] | None, scale: float = 100.0, spec: str = ".1f") -> st
     return m if iv.get("lo") is None else f"{m} [{format(scale * iv['lo'], spec)}, {format(scale * iv['hi'], spec)}]"
 
 
+def variants_of(t1: dict[str, Any]) -> list[str]:
+    """The ES variant arms (es_variants) in Table 1's numbers, in their order."""
+    return list(dict.fromkeys(k.split("/gain ")[1] for k in t1
+                              if "/gain " in k and k.split("/gain ")[1] not in LABELS))
+
+
+def arms_of(t1: dict[str, Any]) -> list[str]:
+    return [*LABELS, *variants_of(t1)]
+
+
 def table1_rows(agg: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     t1 = agg["table1"]
     tasks = list(dict.fromkeys(k.split("/")[0] for k in t1))
-    header = ["task", *(LABELS[m] for m in LABELS), "gain ES short", "gain GRPO", "ES short - GRPO"]
-    rows = [[t, *(ci(t1.get(f"{t}/{m}")) for m in LABELS), ci(t1.get(f"{t}/gain es_short")),
+    arms = arms_of(t1)
+    header = ["task", *(LABELS.get(m, m) for m in arms), "gain ES short", "gain GRPO", "ES short - GRPO"]
+    rows = [[t, *(ci(t1.get(f"{t}/{m}")) for m in arms), ci(t1.get(f"{t}/gain es_short")),
              ci(t1.get(f"{t}/gain grpo")), ci(t1.get(f"{t}/es_short - grpo"))] for t in tasks]
+    return header, rows
+
+
+def variant_rows(agg: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per task and ES variant arm: accuracy against ES short and GRPO, then its geometry beside theirs."""
+    t1, geo, seq, nulls = agg["table1"], agg.get("geometry", {}), agg.get("sequence", {}), agg.get("nulls", {})
+    tasks = list(dict.fromkeys(k.split("/")[0] for k in t1))
+    header = ["task", "arm", "accuracy", "minus ES short", "minus GRPO", "norm / predicted", "norm / GRPO's",
+              "cos with ES short", "cos with GRPO", "cos arm-vs-arm (seeds)", "off-task KL minus ES short",
+              "barrier to GRPO", "barrier arm-vs-arm (seeds)", "forgetting minus ES short (sequence)"]
+    rows = []
+    for t in tasks:
+        n = nulls.get(t, {})
+        for v in variants_of(t1):
+            rows.append([t, v, ci(t1.get(f"{t}/{v}")), ci(t1.get(f"{t}/{v} - es_short")),
+                         ci(t1.get(f"{t}/{v} - grpo")), ci(geo.get(f"{t}/norm {v} / predicted"), 1.0, ".4g"),
+                         ci(geo.get(f"{t}/norm ratio {v}/grpo"), 1.0, ".3g"),
+                         ci(geo.get(f"{t}/cosine es_short|{v}"), 1.0, ".3g"),
+                         ci(geo.get(f"{t}/cosine grpo|{v}"), 1.0, ".3g"), ci(n.get(f"cosine {v}|{v}"), 1.0, ".3g"),
+                         ci(geo.get(f"{t}/off-task KL {v} - es_short"), 1.0, ".3g"),
+                         ci(n.get(f"barrier {v}|grpo")), ci(n.get(f"barrier {v}|{v}")),
+                         ci(seq.get(f"mean_forgetting {v} - es_short"))])
     return header, rows
 
 
@@ -39,15 +72,16 @@ def table1_figure(agg: dict[str, Any]) -> Any:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    width = 0.2
-    for j, m in enumerate(LABELS):
+    arms = arms_of(t1)
+    width = 0.8 / len(arms)
+    for j, m in enumerate(arms):
         for i, t in enumerate(tasks):
             iv = t1.get(f"{t}/{m}")
             if not iv or iv.get("mean") is None:
                 continue
-            x = i + (j - 1.5) * width
+            x = i + (j - (len(arms) - 1) / 2) * width
             err = None if iv.get("lo") is None else [[100 * (iv["mean"] - iv["lo"])], [100 * (iv["hi"] - iv["mean"])]]
-            ax.bar(x, 100 * iv["mean"], width, color=f"C{j}", label=LABELS[m] if i == 0 else None, yerr=err,
+            ax.bar(x, 100 * iv["mean"], width, color=f"C{j}", label=LABELS.get(m, m) if i == 0 else None, yerr=err,
                    capsize=3)
             ax.plot([x] * len(iv["values"]), [100 * v for v in iv["values"]], "k.", ms=3)
     ax.set_xticks(range(len(tasks)), tasks)
@@ -72,7 +106,7 @@ def barrier_path_rows(agg: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Every barrier path with its bootstrap interval over test examples."""
     rows = []
     for t, n in agg.get("nulls", {}).items():
-        for kind in ("es_long|es_long", "grpo|grpo", "es_long|grpo"):
+        for kind in [k[len("barrier "):] for k in n if k.startswith("barrier ")]:
             for p in (n.get(f"barrier {kind}") or {}).get("paths", []):
                 label = p.get("path", kind).replace("es_long@", "ES seed ").replace("grpo@", "GRPO seed ")
                 rows.append([t, label.replace("->", " -> "),
@@ -132,6 +166,16 @@ def write_seeds_report(root: Path) -> str:
                  "joining its ends (points); mean [95% interval] over the pairs of seeds.")
         doc.table(*nulls_rows(res))
         doc.table(*barrier_path_rows(res))
+
+    if variants_of(res["table1"]):
+        doc.heading("ES variant arms")
+        doc.para("Each variant (es_variants) is one ES run per task with ES short's budget and seed. Mean [95% "
+                 "interval] over seeds: accuracy (%) and its paired differences; the update norm over the walk's "
+                 "prediction and over GRPO's; the cosine of its update with ES short's and GRPO's (same seed) beside "
+                 "its own seed-vs-seed null; off-task KL (nats) minus ES short's; accuracy barriers (points) to "
+                 "GRPO (same seed) and between two seeds of the arm; in sequence, mean forgetting (points) minus "
+                 "ES short's.")
+        doc.table(*variant_rows(res))
 
     for part, title in (("geometry", "Geometry over seeds"), ("sequence", "Sequential metrics over seeds")):
         if res.get(part):

@@ -28,19 +28,26 @@ def table1(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     es = results.get("es_config", {})
     short = es.get("iterations", "?")
     long_ = short * results.get("es_long_factor", 3) if isinstance(short, int) else "?"
-    header = ["task", "base", f"ES({short})", f"ES({long_})", "GRPO", f"gain ES({short})", "gain GRPO",
-              "constant answer", "paper: base / ES(100) / ES(300) / GRPO"]
+    variants = variant_arms(results)
+    header = ["task", "base", f"ES({short})", f"ES({long_})", "GRPO", *variants, f"gain ES({short})", "gain GRPO",
+              *(f"gain {v}" for v in variants), "constant answer", "paper: base / ES(100) / ES(300) / GRPO"]
     rows = []
     for task, base in results["base"].items():
         r = results["tasks"].get(task)
         acc = r["accuracy"] if r else {}
-        gains = [f"{100 * (acc[m] - base):+.1f}" if m in acc else "-" for m in ("es_short", "grpo")]
+        gains = [f"{100 * (acc[m] - base):+.1f}" if m in acc else "-" for m in ("es_short", "grpo", *variants)]
         const = (results.get("constant_baseline") or {}).get(task)
         const_cell = f"{_pct(const['accuracy'])} (always {const['answer']})" if const else "-"
         paper = " / ".join(f"{v:.1f}" for v in PAPER_TABLE1.get(task, ()))
-        rows.append([task, _pct(base), _pct(acc.get("es_short")), _pct(acc.get("es_long")), _pct(acc.get("grpo")),
+        rows.append([task, _pct(base), *(_pct(acc.get(m)) for m in ("es_short", "es_long", "grpo", *variants)),
                      *gains, const_cell, paper])
     return header, rows
+
+
+def variant_arms(results: dict[str, Any]) -> list[str]:
+    """The ES variant arms (es_variants) the study trained, in their order."""
+    return list(dict.fromkeys(m for r in results.get("tasks", {}).values() for m in r.get("accuracy", {})
+                              if m not in LABELS))
 
 
 def format_only_gain(rf_base: float, acc_rf_base: float, rf: float) -> float:
@@ -107,7 +114,8 @@ def budget_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             mem = [_mb(b.get("peak_memory_added_bytes")), _mb(b.get("peak_memory_bytes"))]
             measure = [f"{b['measure_seconds']:.0f}" if b.get("measure_seconds") is not None else "-",
                        _mb(b.get("measure_memory_bytes"))]
-            rows.append([task, LABELS[m], str(steps), f"{b['rollouts']:,}", f"{b['tokens']:,}", f"{b['seconds']:.0f}",
+            rows.append([task, LABELS.get(m, m), str(steps), f"{b['rollouts']:,}", f"{b['tokens']:,}",
+                         f"{b['seconds']:.0f}",
                          *(["(ES long)"] * 2 if shared else mem), *(["(ES long)"] * 2 if shared else measure)])
     return header, rows
 
@@ -121,8 +129,9 @@ def accuracy_figure(results: dict[str, Any], path: Path) -> None:
 
     tasks = list(results["base"])
     series = [("base", [results["base"][t] for t in tasks])]
-    for m in ("es_short", "es_long", "grpo"):
-        series.append((LABELS[m], [results["tasks"].get(t, {}).get("accuracy", {}).get(m, np.nan) for t in tasks]))
+    for m in ("es_short", "es_long", "grpo", *variant_arms(results)):
+        series.append((LABELS.get(m, m), [results["tasks"].get(t, {}).get("accuracy", {}).get(m, np.nan)
+                                          for t in tasks]))
     x = np.arange(len(tasks))
     w = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -198,6 +207,9 @@ def study_document(root: Path, results: dict[str, Any], cfg: Any) -> Document:
              f"batch={cfg.es.batch_size or 'all'}, decoding={cfg.es.decoding}, antithetic={cfg.es.antithetic}. "
              f"GRPO: K={g.group_size}, prompts/step={g.prompts_per_step}, lr={g.lr}, steps={g.steps}, beta={g.beta}, "
              f"loss={g.loss_type}.")
+    for v, over in cfg.es_variants.items() if hasattr(cfg, "es_variants") else ():
+        doc.para(f"ES variant **{v}**: ES short's settings with " + ", ".join(f"es.{k} = {x}" for k, x in over.items())
+                 + ".")
     doc.figure(figs / "accuracy.png", "Greedy test accuracy per task: base model and each method trained on that "
                "task alone (single-task runs).")
     doc.heading("Budgets")
