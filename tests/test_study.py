@@ -204,3 +204,23 @@ def test_only_names_variant_arms_as_cells():
     assert got == {"math": ("lowrank1", "es"), "boolq": ("grpo",)}
     with pytest.raises(ConfigError, match="lowrank1"):  # the error lists the arms there are
         parse_only(["math:lowrank2"], ["math"], ("lowrank1",))
+
+
+def test_the_study_keeps_es_checkpoint_every_and_pins_es_short(tmp_path, monkeypatch):
+    """ES long's run resumes from the user's checkpoint interval (SmolLM2: every iteration, minutes each), and ES
+    short's step is pinned: written and never pruned, whatever the interval."""
+    import esgrpo.study as study
+
+    seen = {}
+
+    def fake_training(method, tc, path, **kw):
+        seen["es"] = tc.es
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(study, "run_training", fake_training)
+    cfg = small_study(tmp_path / "s", "cache")
+    cfg = dataclasses.replace(cfg, es=dataclasses.replace(cfg.es, checkpoint_every=1, checkpoint_keep=1))
+    with pytest.raises(RuntimeError, match="stop"):
+        study.train_es_cells(cfg, "math", tmp_path / "s")
+    es = seen["es"]
+    assert (es.iterations, es.checkpoint_every, es.checkpoint_keep, es.checkpoint_pin) == (4, 1, 1, [2])

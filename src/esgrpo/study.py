@@ -64,8 +64,8 @@ _COST_KEYS = ("peak_memory_bytes", "peak_memory_added_bytes", "memory_kind", "mo
 def train_es_cells(cfg: StudyConfig, task: str, root: Path) -> dict[str, Any]:
     """ES long on `task`, its checkpoint at es.iterations being ES short; accuracies and budgets."""
     short = cfg.es.iterations
-    es_cfg = dataclasses.replace(cfg.es, iterations=short * cfg.es_long_factor, checkpoint_every=short,
-                                 checkpoint_pin=[short], max_rollouts=0)
+    # ES short's checkpoint is pinned (written, never pruned); es.checkpoint_every stays the user's resume interval
+    es_cfg = dataclasses.replace(cfg.es, iterations=short * cfg.es_long_factor, checkpoint_pin=[short], max_rollouts=0)
     tc = dataclasses.replace(cfg.train_config(task), es=es_cfg)
     es = run_training("es", tc, root / "runs" / f"{task}-es", extra_checkpoints={"es_short": short}, extend=True)
     long_budget = {k: es["train"][k] for k in ("iterations", "rollouts", "tokens", "seconds")}
