@@ -33,3 +33,16 @@ def test_bench_rollout_compares_with_hugging_face_generate(capsys):
     for line in ("esgrpo lean", "esgrpo generic", "HF generate", "identical tokens, lean vs HF generate"):
         assert line in out
     assert "8/8 rows" in out
+
+
+def test_bench_throughput_is_per_iteration_from_cumulative_counts():
+    """metrics rows carry cumulative rollouts and tokens: the table divides each iteration's own counts (after the
+    first, compiling, iteration) by its seconds, by hand here."""
+    from esgrpo.bench import _table
+
+    rows = [{"rollouts": 100, "tokens": 1000, "iteration_seconds": 9.0},
+            {"rollouts": 200, "tokens": 3000, "iteration_seconds": 2.0},
+            {"rollouts": 300, "tokens": 4000, "iteration_seconds": 2.0}]
+    line = next(x for x in _table("es", rows) if "throughput" in x)
+    # iterations 2 and 3: 100 rollouts and 2000 / 1000 tokens each, 2 s each -> 50 rollouts/s, 750 tokens/s
+    assert line.strip() == "throughput: 50.0 rollouts/s, 750 generated tokens/s"

@@ -132,11 +132,11 @@ def apply_update(params: list[tuple[str, Tensor]], members: list[Member], coefs:
     result does not depend on the chunk size. Members with a zero coefficient are skipped (adding 0 * eps
     would change nothing but cost a noise draw).
     """
-    active = [(m, c) for m, c in zip(members, coefs, strict=True) if c != 0.0]
     sums = AuditSums(audit=audit is not None)
     if rank:
         lowrank_update(params, members, coefs, rank, other, sums, chunk)
     else:
+        active = [(m, c) for m, c in zip(members, coefs, strict=True) if c != 0.0]
         for name, p in params:
             sums.count(p.numel())
             if active:

@@ -51,11 +51,13 @@ def check_rank(params: list[tuple[str, Tensor]], rank: int) -> None:
     """es.rank must not exceed any matrix's smaller side (a rank the matrix cannot have)."""
     from esgrpo.errors import ConfigError
 
-    small = min((min(p.shape) for _, p in params if is_lowrank(p)), default=None)
-    if small is not None and rank > small:
-        name = next(n for n, p in params if is_lowrank(p) and min(p.shape) == small)
+    matrices = [(n, p) for n, p in params if is_lowrank(p)]
+    if not matrices:
+        return
+    name, p = min(matrices, key=lambda m: min(m[1].shape))
+    if rank > min(p.shape):
         raise ConfigError(f"config key 'es.rank' = {rank} exceeds the smaller side of weight matrix {name} "
-                          f"({tuple(params[[n for n, _ in params].index(name)][1].shape)}): at most {small}")
+                          f"({tuple(p.shape)}): at most {min(p.shape)}")
 
 
 class LowRankPerturbation(Perturbation):
