@@ -230,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="Small, fast version of the study (smoke run).")
     s.add_argument("--only", metavar="TASK:METHOD", action="append", default=[],
                    help="Only these cells of Table 1 (repeatable or comma-separated; METHOD: base, es (ES short and "
-                   "long, one run), grpo), into the study directory; the analyses, sequence and report follow "
-                   "once every cell is done.")
+                   "long, one run), grpo, or an es_variants arm), into the study directory; the analyses, sequence "
+                   "and report follow once every cell is done.")
     s.set_defaults(func=cmd_study)
 
     sq = sub.add_parser("sequence", help="Sequential post-training: the tasks one after another, per method.",
