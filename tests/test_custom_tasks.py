@@ -4,6 +4,7 @@ statistics beside every accuracy, and tracking to TensorBoard."""
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 
 import pytest
@@ -46,6 +47,8 @@ def parity(tmp_path, monkeypatch):
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "byo_parity.py").write_text(MODULE.replace("{DIR}", str(tmp_path)))
     monkeypatch.syspath_prepend(str(tmp_path))
+    # each test imports its own copy: one cached by an earlier test points at that test's (deleted) directory
+    monkeypatch.delitem(sys.modules, "byo_parity", raising=False)
     return "byo_parity:Parity"
 
 
