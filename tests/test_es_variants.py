@@ -198,3 +198,25 @@ def test_the_batched_population_equals_member_by_member_up_to_rounding():
         assert bat.fitness == seq.fitness
     for f_b, f_s in zip(bat.fitness, seq.fitness, strict=True):
         assert abs(f_b - f_s) <= (len(rows) - agree) / 32 + 1e-12  # only disagreeing rows can differ
+
+
+def test_variant_arms_are_found_by_name_not_position():
+    """The analyses find the variant arms as the arms that are not ES short, ES long or GRPO, in their order,
+    wherever they stand in the list."""
+    from esgrpo.analysis.study import cosine_pairs, variant_paths
+    from esgrpo.config import variant_arms
+    from esgrpo.report.seeds import variant_sequence_rows
+
+    arms = ["es_short", "awd", "es_long", "grpo", "lowrank1"]
+    assert variant_arms(arms) == ["awd", "lowrank1"]
+    pairs = cosine_pairs(arms)
+    assert set(pairs) == {("es_long", "grpo"), ("es_short", "grpo"), ("es_short", "es_long"),
+                          *((m, v) for v in ("awd", "lowrank1") for m in ("es_short", "es_long", "grpo")),
+                          ("awd", "lowrank1")} and len(pairs) == 10
+    assert set(variant_paths(arms)) == {"es_short->awd", "awd->grpo", "es_short->lowrank1", "lowrank1->grpo"}
+    # the sequence's forgetting is one number per arm (over all tasks), so one row per arm, not per task
+    iv = {"mean": 0.01, "lo": 0.0, "hi": 0.02, "n": 3, "values": [0.0, 0.01, 0.02]}
+    agg = {"table1": {f"{t}/gain {a}": iv for t in ("math", "boolq") for a in ("es_short", "grpo", "awd")},
+           "sequence": {"mean_forgetting awd - es_short": iv, "mean_forgetting awd - grpo": iv}}
+    header, rows = variant_sequence_rows(agg)
+    assert [r[0] for r in rows] == ["awd"] and len(header) == 3

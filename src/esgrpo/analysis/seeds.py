@@ -26,7 +26,7 @@ from typing import Any
 from esgrpo.analysis import weights
 from esgrpo.analysis.connectivity import barrier, interpolate
 from esgrpo.analysis.stats import bootstrap_interval, excludes, mean_interval
-from esgrpo.config import METHODS, GenerationConfig, StudyConfig
+from esgrpo.config import METHODS, GenerationConfig, StudyConfig, variant_arms
 from esgrpo.evaluate import evaluate_task
 from esgrpo.runs import JsonRecord, read_json
 
@@ -154,7 +154,7 @@ def per_seed_numbers(study_dir: Path) -> dict[str, dict[str, float | None]]:
     t1: dict[str, float | None] = {}
     for task, base in res.get("base", {}).items():
         acc = _get(res, "tasks", task, "accuracy") or {}
-        variants = [m for m in acc if m not in METHODS]  # the ES variant arms (es_variants), in their order
+        variants = variant_arms(acc)
         t1[f"{task}/base"] = base
         for m in (*METHODS, *variants):
             t1[f"{task}/{m}"] = acc.get(m)
@@ -206,7 +206,7 @@ def per_seed_numbers(study_dir: Path) -> dict[str, dict[str, float | None]]:
                 seq[f"{m}/{k}"] = met.get(k)
             for k in ("diagonal", "off_diagonal"):
                 seq[f"{m}/KL {k}"] = _get(v, "kl_split", k)
-        variants = [m for m in s.get("methods", {}) if m not in METHODS]
+        variants = variant_arms(s.get("methods", {}))
         for a_, b_ in (("es_long", "grpo"), ("es_short", "grpo"), ("es_long", "es_short"),
                        *((v, o) for v in variants for o in ("es_short", "grpo"))):
             fa, fb = seq.get(f"{a_}/mean_forgetting"), seq.get(f"{b_}/mean_forgetting")
@@ -224,7 +224,7 @@ def _variant_geometry(a: dict[str, Any], task: str, walk: dict[str, Any]) -> dic
     GRPO's), cosines with the other arms, on/off-task KL and its differences to ES short and GRPO, held-out NLL
     change, the barriers from ES short and to GRPO."""
     w, geo = a["weights"][task], {}
-    for v in [m for m in w["norms"] if m not in METHODS]:
+    for v in variant_arms(w["norms"]):
         nv, ng = _get(w, "norms", v, "total", "abs"), _get(w, "norms", "grpo", "total", "abs")
         geo[f"{task}/norm {v}"] = nv
         geo[f"{task}/norm ratio {v}/grpo"] = nv / ng if nv is not None and ng else None
@@ -374,8 +374,7 @@ def findings(agg: dict[str, Any]) -> list[dict[str, str]]:
                          "numbers": f"ES-vs-GRPO {_ivs(bg)}, ES-vs-ES {_ivs(nb[0])}, GRPO-vs-GRPO {_ivs(nb[1])} "
                                     "points", "verdict": verdict})
         rows += _variant_findings(task, t1, geo, n)
-    variants = list(dict.fromkeys(k.split(" ")[1] for k in seq if k.startswith("mean_forgetting ")
-                                  and k.split(" ")[1] not in METHODS))
+    variants = variant_arms(dict.fromkeys(k.split(" ")[1] for k in seq if k.startswith("mean_forgetting ")))
     for a_, b_ in (("es_long", "grpo"), ("es_long", "es_short"), ("es_short", "grpo"),
                    *((v, o) for v in variants for o in ("es_short", "grpo"))):
         iv = seq.get(f"mean_forgetting {a_} - {b_}")
@@ -393,7 +392,7 @@ def _variant_findings(task: str, t1: dict[str, Any], geo: dict[str, Any], nulls:
     does its update share ES's geometry (norm, orthogonality to GRPO, off-task KL), does it drift less."""
     rows: list[dict[str, str]] = []
     prefix = f"{task}/gain "
-    for v in [k[len(prefix):] for k in t1 if k.startswith(prefix) and k[len(prefix):] not in METHODS]:
+    for v in variant_arms(k[len(prefix):] for k in t1 if k.startswith(prefix)):
         def row(claim: str, numbers: str, verdict: str, v: str = v) -> None:
             rows.append({"claim": f"[{v}] {claim}", "task": task, "numbers": numbers, "verdict": verdict})
 

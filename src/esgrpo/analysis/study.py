@@ -29,7 +29,7 @@ from esgrpo.analysis.connectivity import barriers, default_alphas, greedy_refere
 from esgrpo.analysis.kl import kl_drift
 from esgrpo.analysis.probes import direction_probe
 from esgrpo.checkpoints import base_checkpoint, checkpoint_policy
-from esgrpo.config import AnalysisConfig, GenerationConfig, StudyConfig
+from esgrpo.config import METHODS, AnalysisConfig, GenerationConfig, StudyConfig, variant_arms
 from esgrpo.models.policy import Policy
 from esgrpo.runs import JsonRecord, read_json
 from esgrpo.tasks import load_task_examples
@@ -48,14 +48,16 @@ def method_checkpoints(task_result: dict[str, Any], es_short_iterations: int) ->
 
 def cosine_pairs(arms: list[str]) -> list[tuple[str, str]]:
     """The update pairs whose cosine is measured: ES long|GRPO, ES short|GRPO, ES short|ES long, and every
-    variant arm with each arm before it (ES short, ES long, GRPO, earlier variants)."""
+    variant arm with ES short, ES long, GRPO and each variant listed before it."""
     pairs = [("es_long", "grpo"), ("es_short", "grpo"), ("es_short", "es_long")]
-    return pairs + [(a, v) for i, v in enumerate(arms) if i >= 3 for a in arms[:i]]
+    variants = variant_arms(arms)
+    return pairs + [(a, v) for i, v in enumerate(variants) for a in (*METHODS, *variants[:i])]
 
 
 def variant_paths(arms: list[str]) -> dict[str, tuple[str, str]]:
     """Interpolation paths of the variant arms: from ES short to the variant, and from the variant to GRPO."""
-    return {p: ends for v in arms[3:] for p, ends in ((f"es_short->{v}", ("es_short", v)), (f"{v}->grpo", (v, "grpo")))}
+    return {p: ends for v in variant_arms(arms)
+            for p, ends in ((f"es_short->{v}", ("es_short", v)), (f"{v}->grpo", (v, "grpo")))}
 
 
 def log_grid(lo: float, hi: float, n: int, extra: list[float]) -> list[float]:
@@ -324,7 +326,7 @@ def _theory(ctx: _Context) -> None:
         w = walk_drift(ctx.results["tasks"][t]["runs"]["es"], ctx.cfg.es.alpha, ctx.cfg.es.population,
                        direction=ctx.ckpts[t]["grpo"], direction_base=ctx.base)
         w["tensor_ratios"] = {k: v["ratio"] for k, v in w.pop("per_tensor").items() if v["ndim"] == 2}
-        w["variants"] = {v: _variant_norm(ctx, t, v, w["d"]) for v in list(ctx.ckpts[t])[3:]}
+        w["variants"] = {v: _variant_norm(ctx, t, v, w["d"]) for v in variant_arms(ctx.ckpts[t])}
         ctx.store.put(w, "theory", "walks", t)
 
 

@@ -43,6 +43,7 @@ from esgrpo.config.schema import (
     TinyModelConfig,
     TrainConfig,
     is_task,
+    variant_arms,
 )
 
 __all__ = [
@@ -51,5 +52,5 @@ __all__ = [
     "NullsConfig", "PromptConfig", "RayConfig", "SequenceConfig", "SequentialSettings", "SetupConfig", "StudyConfig",
     "TaskName", "TinyModelConfig", "TrainConfig", "config_fields", "dump_yaml", "field_help", "from_dict", "identity",
     "identity_changes", "is_task", "leaf_types", "load_config", "merge", "parse_overrides", "read_yaml", "sub",
-    "to_dict", "validate",
+    "to_dict", "validate", "variant_arms",
 ]

