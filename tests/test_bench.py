@@ -46,3 +46,25 @@ def test_bench_throughput_is_per_iteration_from_cumulative_counts():
     line = next(x for x in _table("es", rows) if "throughput" in x)
     # iterations 2 and 3: 100 rollouts and 2000 / 1000 tokens each, 2 s each -> 50 rollouts/s, 750 tokens/s
     assert line.strip() == "throughput: 50.0 rollouts/s, 750 generated tokens/s"
+
+
+def test_bench_noise_times_each_phase_compiled_and_eager(capsys):
+    assert main(["bench", "noise", "--repeats", "1", "--model.threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for phase in ("perturb", "restore", "update share", "total"):
+        line = next(x for x in out.splitlines() if x.strip().startswith(phase))
+        compiled, eager, ratio = line.split()[-3:]
+        assert float(compiled) > 0 and float(eager) > 0 and ratio.endswith("x")
+    assert "M normals/s compiled" in out and "1,918,656 parameters" in out
+
+
+def test_eager_kernels_draw_the_same_noise_and_give_the_compiled_kernels_back():
+    from esgrpo.train import noise
+
+    compiled = noise.tensor_noise(5, "w", (5000,))
+    before = dict(noise._KERNELS)
+    with noise.eager_kernels():
+        assert noise._KERNELS[("_noise", "cpu")] is noise._noise
+        eager = noise.tensor_noise(5, "w", (5000,))
+    assert before == noise._KERNELS
+    assert float((eager - compiled).abs().max()) < 1e-5  # the same integers; the float transforms' last bits

@@ -1,5 +1,5 @@
-"""`esgrpo bench es|grpo|rollout`: where the time of an ES iteration / GRPO step goes, peak memory, and
-the decoding speed of our rollouts against Hugging Face's `generate`.
+"""`esgrpo bench es|grpo|rollout|noise`: where the time of an ES iteration / GRPO step goes, peak memory, the
+decoding speed of our rollouts against Hugging Face's `generate`, and ES's noise work per member.
 
 Runs a few iterations/steps of the configured trainer in a scratch run directory and prints the
 mean seconds per phase (from the trainer's own per-phase timers in metrics.jsonl), their share of
@@ -12,6 +12,7 @@ iteration), Ray's start-up seconds, each worker's memory and the bytes moved per
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import tempfile
@@ -290,6 +291,73 @@ def bench_lowrank(cfg: TrainConfig, repeats: int = 3) -> str:
                      "the weights)")
     lines.append(f"  full-rank / low-rank batched: {med['full-rank, member by member'] / med[low_name]:.2f}x; "
                  f"low-rank batched / pure generation: {med[low_name] / med[pure_name]:.2f}")
+    return "\n".join(lines)
+
+
+def bench_noise(cfg: TrainConfig, repeats: int = 3, members: int = 4) -> str:
+    """ES's noise work on the configured model's weights, in seconds per population member: perturb (the member's
+    noise drawn and added to the backup copy), restore (the copy back) and the member's share of the update
+    (`members` members' noise summed into the weights by `apply_update`, divided by `members`: the update's cost
+    is linear in the members, so its share per member does not depend on es.population). The compiled noise
+    kernels beside the eager ops, interleaved `repeats` times (medians); then the generator alone, in normals
+    per second, and the floor it sets: every member draws its noise twice (perturb, update)."""
+    import time
+
+    import torch
+
+    from esgrpo.train.es import apply_update, draw_members
+    from esgrpo.train.noise import CHUNK, Perturbation, eager_kernels, tensor_noise, warm_up
+
+    policy = load_policy(cfg.model, cfg.tiny)
+    params = policy.named_parameters()
+    d = sum(p.numel() for _, p in params)
+    warm_up(params)
+    pert = Perturbation(params)
+    es = dataclasses.replace(cfg.es, population=members, antithetic=False)
+    coefs = [(-1.0) ** n * cfg.es.alpha / members for n in range(members)]  # any nonzero coefficients
+
+    def one_round(rnd: int) -> dict[str, float]:
+        seeds = draw_members(es, rnd)
+        t0 = time.perf_counter()
+        pert.perturb(seeds[0][0], 1, cfg.es.sigma)
+        t1 = time.perf_counter()
+        pert.restore()
+        t2 = time.perf_counter()
+        apply_update(params, seeds, coefs)
+        t3 = time.perf_counter()
+        pert.snapshot()  # the weights moved: the next perturb starts from them, as in training
+        return {"perturb": t1 - t0, "restore": t2 - t1, "update share": (t3 - t2) / members}
+
+    def generator() -> float:
+        t0 = time.perf_counter()
+        tensor_noise(0, "bench", (8 * CHUNK,), device=policy.device)
+        return 8 * CHUNK / (time.perf_counter() - t0)
+
+    modes = {"compiled": contextlib.nullcontext, "eager": eager_kernels}
+    times: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    for rnd in range(repeats + 1):  # interleaved: compiled, eager, compiled, eager, ...; round 0 compiles, untimed
+        for mode, ctx in modes.items():
+            with ctx():
+                res, rate = one_round(1 + rnd), generator()
+            if rnd:
+                for k, v in res.items():
+                    times[mode].setdefault(k, []).append(v)
+                rates[mode].append(rate)
+    med = {m: {k: statistics.median(v) for k, v in t.items()} for m, t in times.items()}
+    rate = {m: statistics.median(v) for m, v in rates.items()}
+    lines = [f"ES noise work on {cfg.model.name} ({d:,} parameters, {params[0][1].dtype}, {policy.device}, "
+             f"{torch.get_num_threads()} thread(s)): seconds per member, median of {repeats} interleaved rounds "
+             f"(update: {members} members, divided by {members})",
+             f"  {'':14s} {'compiled':>9s} {'eager':>9s} {'eager/compiled':>15s}"]
+    for k in ("perturb", "restore", "update share"):
+        c, e = med["compiled"][k], med["eager"][k]
+        lines.append(f"  {k:14s} {c:9.3f} {e:9.3f} {e / c:14.2f}x")
+    tot = {m: sum(med[m][k] for k in ("perturb", "restore", "update share")) for m in modes}
+    lines.append(f"  {'total':14s} {tot['compiled']:9.3f} {tot['eager']:9.3f} {tot['eager'] / tot['compiled']:14.2f}x")
+    lines.append(f"  generator alone: {rate['compiled'] / 1e6:.0f} M normals/s compiled, {rate['eager'] / 1e6:.0f} M "
+                 f"eager; two draws of {d / 1e6:.1f} M per member: a floor of {2 * d / rate['compiled']:.3f} s per "
+                 "member (compiled)")
     return "\n".join(lines)
 
 

@@ -167,6 +167,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         from esgrpo.bench import bench_lowrank
 
         print(bench_lowrank(cfg, repeats=args.repeats))
+    elif args.method == "noise":
+        from esgrpo.bench import bench_noise
+
+        print(bench_noise(cfg, repeats=args.repeats))
     elif args.method == "threads":
         from esgrpo.bench import bench_threads
 
@@ -266,12 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "tokens/s and identical tokens. threads: an ES iteration with 1 and 2 torch threads, alone "
                        "and beside another busy process. lowrank: one ES population scored full-rank member by "
                        "member, low-rank in one batched decode (es.rank, default 1), and pure batched generation "
-                       "of the same rows, interleaved.")
-    b.add_argument("method", choices=["es", "grpo", "rollout", "threads", "lowrank"], help="What to time "
+                       "of the same rows, interleaved. noise: ES's noise work per member on the model's weights "
+                       "(perturb, restore, update share), compiled kernels beside eager ops, and the generator's "
+                       "normals per second.")
+    b.add_argument("method", choices=["es", "grpo", "rollout", "threads", "lowrank", "noise"], help="What to time "
                    "(threads: an ES iteration with 1 and 2 torch threads, alone and beside another busy process; "
-                   "lowrank: full-rank sequential vs low-rank batched scoring vs pure generation).")
+                   "lowrank: full-rank sequential vs low-rank batched scoring vs pure generation; noise: seconds "
+                   "per member of perturb, restore and update, compiled vs eager).")
     b.add_argument("--iterations", type=int, default=3, help="es/grpo: iterations/steps per run.")
-    b.add_argument("--repeats", type=int, default=2, help="Interleaved rounds (es with ray, rollout).")
+    b.add_argument("--repeats", type=int, default=2, help="Interleaved rounds (es with ray, rollout, lowrank, "
+                   "noise).")
     b.add_argument("--batch", type=int, default=64, help="rollout: prompts decoded together.")
     b.add_argument("--json", action="store_true", help="es/grpo: print one JSON line (median seconds, memory).")
     add_config_args(b, TrainConfig)

@@ -30,6 +30,7 @@ listed in the README):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -163,6 +164,19 @@ def _kernel(fn: Callable[..., Tensor], device: torch.device) -> Callable[..., Te
 
             _KERNELS[key] = guarded
     return _KERNELS[key]
+
+
+@contextlib.contextmanager
+def eager_kernels() -> Iterator[None]:
+    """Within the block, draw the noise with the eager ops instead of the compiled kernels (the same integers;
+    the float transforms may differ in their last bits): for benchmarks that compare the two."""
+    saved = dict(_KERNELS)
+    _KERNELS.update({(fn.__name__, d): fn for fn in (_noise, _perturbed, _accumulated) for d in ("cpu", "cuda")})
+    try:
+        yield
+    finally:
+        _KERNELS.clear()
+        _KERNELS.update(saved)
 
 
 def _disagreement(fn: Callable[..., Tensor], compiled: Callable[..., Tensor], device: torch.device,
