@@ -179,6 +179,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(bench(args.method, cfg, iterations=args.iterations, repeats=args.repeats, as_json=args.json))
 
 
+def cmd_signal(args: argparse.Namespace) -> None:
+    from esgrpo.analysis.fitness_signal import fitness_signal
+
+    _print_json(fitness_signal(config_from_args(args), batches=args.batches, iteration=args.iteration))
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     if args.what == "study":
         from esgrpo.study import reanalyze
@@ -262,6 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--base", default=None, help="Base checkpoint (default RUN_DIR/checkpoints/step-000000).")
     rp.add_argument("--device", default="cpu", help="Device to replay on (use the training device for exactness).")
     rp.set_defaults(func=cmd_replay)
+
+    sg = sub.add_parser("signal", help="How much of an ES population's fitness ranking is signal, and the prompt "
+                        "batch it needs.",
+                        description="Scores one ES population (es.population members, es.sigma, es.decoding) and "
+                        "the unperturbed model on --batches disjoint batches of es.batch_size training prompts; "
+                        "prints JSON: the members' fitness per batch, the signal variance (covariance between "
+                        "batches), the reliability of one batch's ranking (signal / total variance) and the batch "
+                        "size that would make it 1/2 and 0.8, with bootstrap intervals over members "
+                        "(analysis/fitness_signal.py). Takes the train options (model, task, prompt, es).")
+    sg.add_argument("--batches", type=int, default=4, help="Disjoint prompt batches (>= 2).")
+    sg.add_argument("--iteration", type=int, default=1, help="Which iteration's population to draw (es.seed's).")
+    add_config_args(sg, TrainConfig)
+    sg.set_defaults(func=cmd_signal)
 
     b = sub.add_parser("bench", help="Time an ES iteration / GRPO step by phase and peak memory; or decoding.",
                        description="es|grpo: run a few ES iterations or GRPO steps and print seconds per phase, "
