@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -306,7 +307,7 @@ def bench_noise(cfg: TrainConfig, repeats: int = 3, members: int = 4) -> str:
     import torch
 
     from esgrpo.train.es import apply_update, draw_members
-    from esgrpo.train.noise import CHUNK, Perturbation, eager_kernels, tensor_noise, warm_up
+    from esgrpo.train.noise import CHUNK, Perturbation, eager_kernels, tensor_key, tensor_noise, warm_up
 
     policy = load_policy(cfg.model, cfg.tiny)
     params = policy.named_parameters()
@@ -333,6 +334,16 @@ def bench_noise(cfg: TrainConfig, repeats: int = 3, members: int = 4) -> str:
         tensor_noise(0, "bench", (8 * CHUNK,), device=policy.device)
         return 8 * CHUNK / (time.perf_counter() - t0)
 
+    k0, k1 = (torch.tensor(k, dtype=torch.int64, device=policy.device) for k in tensor_key(0, "bench"))
+    words = torch.compile(_philox_words, dynamic=True) if os.environ.get("ESGRPO_NOISE_COMPILE", "1") != "0" \
+        else _philox_words
+
+    def integer_part() -> float:  # the Philox words alone (no Gaussian transform): normals-equivalent per second
+        t0 = time.perf_counter()
+        for c in range(8):
+            words(k0, k1, torch.tensor(c * CHUNK // 4, device=policy.device), CHUNK // 4)
+        return 8 * CHUNK / (time.perf_counter() - t0)
+
     modes = {"compiled": contextlib.nullcontext, "eager": eager_kernels}
     times: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
     rates: dict[str, list[float]] = {m: [] for m in modes}
@@ -344,6 +355,9 @@ def bench_noise(cfg: TrainConfig, repeats: int = 3, members: int = 4) -> str:
                 for k, v in res.items():
                     times[mode].setdefault(k, []).append(v)
                 rates[mode].append(rate)
+        philox = integer_part()
+        if rnd:
+            rates.setdefault("philox", []).append(philox)
     med = {m: {k: statistics.median(v) for k, v in t.items()} for m, t in times.items()}
     rate = {m: statistics.median(v) for m, v in rates.items()}
     lines = [f"ES noise work on {cfg.model.name} ({d:,} parameters, {params[0][1].dtype}, {policy.device}, "
@@ -358,7 +372,23 @@ def bench_noise(cfg: TrainConfig, repeats: int = 3, members: int = 4) -> str:
     lines.append(f"  generator alone: {rate['compiled'] / 1e6:.0f} M normals/s compiled, {rate['eager'] / 1e6:.0f} M "
                  f"eager; two draws of {d / 1e6:.1f} M per member: a floor of {2 * d / rate['compiled']:.3f} s per "
                  "member (compiled)")
+    share = rate["compiled"] / rate["philox"]
+    lines.append(f"  of the generator's time (compiled), the Philox words alone take {share:.0%}; the rest is the "
+                 "Gaussian transform (log, sqrt, cos, sin) and the writes")
     return "\n".join(lines)
+
+
+def _philox_words(k0: Any, k1: Any, first: Any, count: int) -> Any:
+    """The generator's integer part for `count` counters, folded to one float32 per counter (XOR of the four
+    words): what bench noise times to split the generator's cost."""
+    import torch
+
+    from esgrpo.train.noise import philox4x32
+
+    ctr = torch.arange(count, dtype=torch.int64, device=k0.device) + first
+    zero = torch.zeros_like(ctr)
+    x = philox4x32(ctr & 0xFFFFFFFF, ctr >> 32, zero, zero, k0, k1)
+    return (x[0] ^ x[1] ^ x[2] ^ x[3]).to(torch.float32)
 
 
 _COMPETITOR = ("import torch, time\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\n"
