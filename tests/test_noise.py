@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import subprocess
 import sys
 
@@ -32,6 +33,55 @@ def test_philox_matches_the_random123_known_answers():
         0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
     assert [int(v) for v in philox4x32(*pi, 0xA4093822, 0x299F31D0)] == [0xD16CFE09, 0x94FDCCEB, 0x5001E420,
                                                                          0x24126EA1]
+
+
+def _philox_reference(ctr: tuple[int, ...], key: tuple[int, int]) -> list[int]:
+    """Philox4x32-10 on Python integers, as Random123 writes it (unsigned 64-bit products)."""
+    m, (k0, k1), c = 0xFFFFFFFF, key, list(ctr)
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+        c = [(p1 >> 32) ^ c[1] ^ k0, p1 & m, (p0 >> 32) ^ c[3] ^ k1, p0 & m]
+        k0, k1 = (k0 + 0x9E3779B9) & m, (k1 + 0xBB67AE85) & m
+    return c
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_int32_rounds_give_the_reference_words_on_random_counters_and_keys(compiled):
+    """The kernels' int32 rounds (wrapping multiplies and adds) against Philox on Python integers: counters
+    across the 2^31 and 2^32 boundaries (the high counter word), keys with the top bit set."""
+    from esgrpo.train import noise
+
+    rng = random.Random(0)
+    words = torch.compile(noise._words, dynamic=True) if compiled else noise._words
+    for first in (0, 2 ** 31 - 300, 2 ** 32 - 300, 2 ** 40 + rng.randrange(2 ** 30)):
+        k0, k1 = rng.randrange(2 ** 32), rng.randrange(2 ** 31, 2 ** 32)
+        got = words(torch.tensor(k0), torch.tensor(k1), torch.tensor(first), 1024)
+        got = torch.stack([w.to(torch.int64) & 0xFFFFFFFF for w in got], 1)
+        for i in [0, 1, 299, 300, 511, 1023]:
+            c = first + i
+            assert got[i].tolist() == _philox_reference((c & 0xFFFFFFFF, c >> 32, 0, 0), (k0, k1)), (first, i)
+
+
+def test_the_noise_values_are_those_of_the_noise_version():
+    """Values of NOISE_VERSION drawn before the generator moved to int32 lanes (the same integers, so the same
+    normals; the tolerance covers other math libraries' last bits, a wrong integer moves a value by order 1)."""
+    from esgrpo.train.noise import NOISE_VERSION
+
+    assert NOISE_VERSION == "philox4x32-10/box-muller-f32/v2"
+    want = [0.058620892465114594, 0.20935767889022827, 1.2891305685043335, -1.0377411842346191, 0.17836153507232666,
+            -0.748763382434845, 0.33882108330726624, 0.8122373223304749, 1.2539209127426147, 0.8455801010131836,
+            -0.11571335792541504, -0.01835535280406475]
+    assert tensor_noise(7, "w", (4, 3)).flatten().tolist() == pytest.approx(want, rel=1e-6, abs=1e-6)
+
+
+def test_a_device_whose_integer_ops_do_not_wrap_is_refused(monkeypatch):
+    from esgrpo.train import noise
+
+    monkeypatch.setattr(noise, "_CHECKED", set())
+    monkeypatch.setattr(noise, "_KERNELS", {})
+    monkeypatch.setattr(noise, "_bits", lambda v: v % (1 << 31))  # a word's top bit lost: no longer modulo 2^32
+    with pytest.raises(RuntimeError, match="wrong Philox words on cpu"):
+        tensor_noise(3, "w", (16,))
 
 
 def test_same_seed_and_name_give_identical_noise_for_every_chunk_size():

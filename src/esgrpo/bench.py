@@ -383,51 +383,7 @@ def _philox_words(k0: Any, k1: Any, first: Any, count: int) -> Any:
     words): what bench noise times to split the generator's cost."""
     import torch
 
-    from esgrpo.train.noise import philox4x32
+    from esgrpo.train.noise import _words
 
-    ctr = torch.arange(count, dtype=torch.int64, device=k0.device) + first
-    zero = torch.zeros_like(ctr)
-    x = philox4x32(ctr & 0xFFFFFFFF, ctr >> 32, zero, zero, k0, k1)
+    x = _words(k0, k1, first, count)
     return (x[0] ^ x[1] ^ x[2] ^ x[3]).to(torch.float32)
-
-
-_COMPETITOR = ("import torch, time\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\n"
-               "end = time.time() + 3600\nwhile time.time() < end:\n    a = (a @ a).tanh()\n")
-
-
-def bench_threads(cfg: TrainConfig, iterations: int = 2, repeats: int = 2) -> str:
-    """ES iteration seconds with 1 and 2 torch threads, alone and beside another busy process (a 1-thread
-    matrix-multiply loop), each in a fresh process, interleaved over `repeats` rounds: what model.threads to
-    use on a machine that also runs other work (Ray workers, a second run, tests)."""
-    import json
-    import subprocess
-    import sys
-    import time
-
-    argv = [sys.executable, "-m", "esgrpo.cli", "bench", "es", "--iterations", str(iterations), "--task", cfg.task,
-            "--es.population", str(cfg.es.population), "--es.batch_size", str(cfg.es.batch_size),
-            "--es.max_new_tokens", str(cfg.es.max_new_tokens), "--model.name", cfg.model.name,
-            "--data.n_train", str(cfg.data.n_train)]
-    results: dict[tuple[int, str], list[float]] = {}
-    for _ in range(repeats):
-        for threads in (1, 2):
-            for load in ("alone", "beside another process"):
-                competitor = None
-                if load != "alone":
-                    competitor = subprocess.Popen([sys.executable, "-c", _COMPETITOR])
-                    time.sleep(1.0)
-                try:
-                    out = subprocess.run([*argv, "--model.threads", str(threads), "--json"], capture_output=True,
-                                         text=True, check=True).stdout
-                finally:
-                    if competitor is not None:
-                        competitor.kill()
-                        competitor.wait()
-                results.setdefault((threads, load), []).append(json.loads(out.strip().splitlines()[-1])["median"])
-    lines = [f"ES iteration on {cfg.model.name}, task {cfg.task}, population {cfg.es.population} x "
-             f"{cfg.es.batch_size} prompts; median seconds per iteration over {repeats} interleaved rounds:"]
-    for load in ("alone", "beside another process"):
-        one, two = (statistics.median(results[(t, load)]) for t in (1, 2))
-        lines.append(f"  {load:24s} 1 thread {one:7.3f} s   2 threads {two:7.3f} s   (2 threads / 1 thread: "
-                     f"{two / one:.2f})")
-    return "\n".join(lines)
