@@ -57,3 +57,12 @@ def test_too_few_examples_for_the_batches_is_one_line_naming_the_keys():
         from esgrpo.config import TrainConfig, load_config
 
         fitness_signal(load_config(TrainConfig, None, {"data": {"n_train": 100}, "es": {"batch_size": 64}}), batches=4)
+
+
+def test_signal_takes_a_study_config_for_a_task(capsys):
+    """--study: the study's model, data, prompts and ES settings for --task, with the flags over them."""
+    assert main(["signal", "--study", "configs/study-default.yaml", "--task", "boolq", "--batches", "2",
+                 "--es.population", "4", "--es.batch_size", "8", "--es.max_new_tokens", "8",
+                 "--model.threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["task"], out["sigma"], out["population"], out["batch_size"]) == ("boolq", 0.01, 4, 8)

@@ -26,6 +26,7 @@ from esgrpo.config import (
     leaf_types,
     load_config,
     parse_overrides,
+    validate,
 )
 from esgrpo.errors import EsgrpoError
 
@@ -182,7 +183,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_signal(args: argparse.Namespace) -> None:
     from esgrpo.analysis.fitness_signal import fitness_signal
 
-    _print_json(fitness_signal(config_from_args(args), batches=args.batches, iteration=args.iteration))
+    if args.study:  # a study's model, data, prompts and ES settings for --task, the flags over them
+        overrides = parse_overrides(config_pairs(args))
+        task = overrides.pop("task", None) or TrainConfig().task
+        cfg = load_config(StudyConfig, args.study, overrides).train_config(task)
+        validate(cfg)
+    else:
+        cfg = config_from_args(args)
+    _print_json(fitness_signal(cfg, batches=args.batches, iteration=args.iteration))
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -279,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(analysis/fitness_signal.py). Takes the train options (model, task, prompt, es).")
     sg.add_argument("--batches", type=int, default=4, help="Disjoint prompt batches (>= 2).")
     sg.add_argument("--iteration", type=int, default=1, help="Which iteration's population to draw (es.seed's).")
+    sg.add_argument("--study", metavar="FILE", default=None, help="Take the model, data, prompt and ES settings from "
+                    "this study config (for --task; the flags override them) instead of --config.")
     add_config_args(sg, TrainConfig)
     sg.set_defaults(func=cmd_signal)
 
