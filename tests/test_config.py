@@ -98,7 +98,7 @@ def test_cli_help_for_every_subcommand_without_duplicate_flags(capsys):
     from esgrpo.cli import build_parser
 
     commands = _subcommands(build_parser())
-    assert len(commands) == 13 and ["models", "build"] in commands and ["train"] in commands
+    assert len(commands) == 14 and ["models", "build"] in commands and ["signal"] in commands
     for argv in [[], *commands]:
         with pytest.raises(SystemExit) as e:
             main([*argv, "--help"])
