@@ -380,6 +380,9 @@ class RayConfig:
                           "before the run stops; a replacement rebuilds the weights from the base checkpoint "
                           "and the update log.", NON_NEGATIVE)
     connect_timeout: float = F(20.0, "Seconds to wait for a Ray cluster at `address` before giving up.", POSITIVE)
+    start_timeout: float = F(300.0, "Seconds to wait for a new ES worker to be ready (importing torch, loading the "
+                             "model, compiling the noise kernels: over a minute on a busy 2-core machine) before "
+                             "giving up.", POSITIVE)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ class RayPopulationEvaluator:
         import ray
 
         try:
-            return ray.get(worker.info.remote(), timeout=max(60.0, 4 * self.cfg.connect_timeout))
+            return ray.get(worker.info.remote(), timeout=self.cfg.start_timeout)
         except Exception as e:
             self.close(check=False)
             cause = " ".join(str(getattr(e, "cause", None) or e).split())
