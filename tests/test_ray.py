@@ -186,3 +186,27 @@ def test_metrics_rows_of_a_ray_run_document_their_bytes():
     text = (Path(__file__).parents[1] / "README.md").read_text()
     assert all(f"`{k}`" in text for k in ("bytes_to_workers", "bytes_from_workers", "bytes_batch", "workers",
                                           "worker_restarts"))
+
+
+def test_a_new_worker_is_given_ray_start_timeout_to_be_ready(monkeypatch):
+    """Starting a worker (import, model load, kernel compilation) waits ray.start_timeout, not a fixed minute."""
+    import ray
+
+    from esgrpo.train.ray_population import RayPopulationEvaluator
+
+    seen: dict[str, float] = {}
+
+    def fake_get(ref, timeout=None):
+        seen["timeout"] = timeout
+        return {"ready": ref}
+
+    class Worker:
+        class info:  # noqa: N801 (an actor method's shape: worker.info.remote())
+            @staticmethod
+            def remote():
+                return "ref"
+
+    monkeypatch.setattr(ray, "get", fake_get)
+    ev = RayPopulationEvaluator.__new__(RayPopulationEvaluator)
+    ev.cfg = RayConfig(start_timeout=123.0)
+    assert ev._ready(0, Worker()) == {"ready": "ref"} and seen["timeout"] == 123.0
