@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from esgrpo.analysis.stats import bootstrap_interval, excludes, mean_interval, t_cdf, t_quantile
+from esgrpo.analysis.stats import (
+    bootstrap_interval,
+    excludes,
+    mean_interval,
+    percentile_interval,
+    t_cdf,
+    t_quantile,
+)
 
 
 @pytest.mark.parametrize("df,q", [(1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042)])
@@ -37,6 +44,16 @@ def test_mean_interval_drops_missing_values_and_gives_no_interval_for_one():
     iv = mean_interval([0.5, None, float("nan")])
     assert iv["mean"] == 0.5 and iv["n"] == 1 and iv["lo"] is None and excludes(iv) is None
     assert mean_interval([])["mean"] is None
+
+
+def test_percentile_interval_picks_the_nearest_rank_order_statistics():
+    # 41 values 0..40, shuffled: the ranks 0.025 * 40 = 1 and 0.975 * 40 = 39 of the sorted list; at 50%: 10 and 30
+    values = [float((17 * k) % 41) for k in range(41)]
+    assert percentile_interval(values) == (1.0, 39.0)
+    assert percentile_interval(values, confidence=0.5) == (10.0, 30.0)
+    assert percentile_interval([3.0]) == (3.0, 3.0)
+    with pytest.raises(ValueError, match="no values"):
+        percentile_interval([])
 
 
 def test_bootstrap_interval_is_paired_and_contains_the_full_sample_value():

@@ -27,6 +27,7 @@ import random
 import time
 from typing import Any
 
+from esgrpo.analysis.stats import percentile_interval
 from esgrpo.config import TrainConfig
 from esgrpo.errors import ConfigError
 from esgrpo.models import load_policy
@@ -57,13 +58,6 @@ def signal_stats(fitness: list[list[float]], batch_size: int) -> dict[str, Any]:
             "batch_for_half": half, "batch_for_0.8": None if half is None else 4 * half}
 
 
-def _interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
-    v = sorted(values)
-    q = (1 - confidence) / 2
-    pick = lambda p: v[min(len(v) - 1, max(0, round(p * (len(v) - 1))))]  # noqa: E731
-    return pick(q), pick(1 - q)
-
-
 def signal_with_intervals(fitness: list[list[float]], batch_size: int, resamples: int = 1000,
                           seed: int = 0) -> dict[str, Any]:
     """signal_stats plus percentile bootstrap intervals over members for the signal and the reliability."""
@@ -75,7 +69,7 @@ def signal_with_intervals(fitness: list[list[float]], batch_size: int, resamples
         idx = [rng.randrange(n) for _ in range(n)]
         boots.append(signal_stats([[f[i] for i in idx] for f in fitness], batch_size))
     for key in ("signal_var", "reliability"):
-        out[f"{key}_interval"] = _interval([b[key] for b in boots])
+        out[f"{key}_interval"] = percentile_interval([b[key] for b in boots])
     return out
 
 

@@ -92,7 +92,15 @@ def bootstrap_interval(per_example: Sequence[Sequence[float]], statistic: Callab
         return statistic([math.fsum(col[i] for i in idx) / len(idx) for col in per_example])
 
     rng = random.Random(seed)
-    values = sorted(stat([rng.randrange(n) for _ in range(n)]) for _ in range(resamples))
+    lo, hi = percentile_interval([stat([rng.randrange(n) for _ in range(n)]) for _ in range(resamples)], confidence)
+    return {"value": stat(range(n)), "lo": lo, "hi": hi, "resamples": resamples, "n": n}
+
+
+def percentile_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The (1 - confidence) / 2 and (1 + confidence) / 2 order statistics of bootstrap `values` (nearest rank)."""
+    if not values:
+        raise ValueError("percentile_interval: no values")
+    v = sorted(values)
     q = (1 - confidence) / 2
-    pick = lambda p: values[min(resamples - 1, max(0, round(p * (resamples - 1))))]  # noqa: E731
-    return {"value": stat(range(n)), "lo": pick(q), "hi": pick(1 - q), "resamples": resamples, "n": n}
+    pick = lambda p: v[min(len(v) - 1, max(0, round(p * (len(v) - 1))))]  # noqa: E731
+    return pick(q), pick(1 - q)
