@@ -48,6 +48,24 @@ def test_bench_throughput_is_per_iteration_from_cumulative_counts():
     assert line.strip() == "throughput: 50.0 rollouts/s, 750 generated tokens/s"
 
 
+def test_bench_grpo_table_gives_each_phase_its_peak_memory_over_every_step():
+    """The first step counts for memory (it allocates AdamW's moments) though not for time; phases the step does
+    not lap (reward, ref) show no memory."""
+    from esgrpo.bench import MIB, _table
+
+    def row(seconds: float, gen: int, back: int, step: int) -> dict:
+        return {"rollouts": 8, "tokens": 80, "step_seconds": seconds, "t_generate": seconds / 2,
+                "mem_generate": gen * MIB, "mem_backward": back * MIB, "mem_step": step * MIB}
+
+    lines = _table("grpo", [row(9.0, 10, 50, 300), row(2.0, 200, 400, 100)])
+    cells = {x.split()[0]: x.split()[1:] for x in lines[1:]}
+    assert lines[0].split()[-3:] == ["peak", "added", "MiB"]
+    assert cells["generate"] == ["1.000", "50.0%", "200.0"] and cells["backward"][-1] == "400.0"
+    assert cells["step"][-1] == "300.0" and cells["reward"][-1] == cells["ref"][-1] == "-"
+    assert _table("es", [{"rollouts": 1, "tokens": 1, "iteration_seconds": 1.0}])[0].split() == ["phase", "s/iter",
+                                                                                                  "share"]
+
+
 def test_bench_noise_times_each_phase_compiled_and_eager(capsys):
     assert main(["bench", "noise", "--repeats", "1", "--model.threads", "1"]) == 0
     out = capsys.readouterr().out

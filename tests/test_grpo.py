@@ -228,6 +228,8 @@ def test_budget_counters_and_stop_on_rollouts(tmp_path):
     for key in ("reward_mean", "reward_std", "loss", "clip_frac", "kl", "t_generate", "t_reward",
                 "t_backward", "t_step"):
         assert key in rows[0]
+    for r in rows:  # each phase's peak lies within the run's
+        assert all(0 <= r[f"mem_{ph}"] <= res["peak_memory_added_bytes"] for ph in ("generate", "backward", "step"))
     # max_rollouts 17 allows two steps of 8; a third would exceed it (a step is never split).
     run = RunDir(tmp_path / "b")
     res = train_grpo(make_micro_policy(), FakeTask(), EXAMPLES, small_cfg(steps=0, max_rollouts=17), run)

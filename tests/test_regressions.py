@@ -74,7 +74,8 @@ def test_grpo_extension_is_bit_exact_with_a_constant_schedule_and_refused_with_a
     assert train("grpo", a, "--grpo.steps", "3", "--resume", *const) == 0
     assert train("grpo", b, "--grpo.steps", "3", *const) == 0
     assert same_weights(final(a), final(b))
-    strip = ("seconds", "step_seconds", "t_generate", "t_reward", "t_backward", "t_ref", "t_measure", "t_step")
+    strip = ("seconds", "step_seconds", "t_generate", "t_reward", "t_backward", "t_ref", "t_measure", "t_step",
+             "mem_generate", "mem_backward", "mem_step")
     rows_a, rows_b = ([{k: v for k, v in json.loads(x).items() if k not in strip}
                        for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (a, b))
     assert rows_a == rows_b and len(rows_a) == 3
@@ -185,6 +186,27 @@ def test_peak_memory_added_counts_what_the_block_allocates():
         time.sleep(0.05)
         del x
     assert mem.added_bytes >= 60 * 2**20 and mem.peak_bytes >= mem.start_bytes + mem.added_bytes - 1
+
+
+def test_peak_memory_laps_give_each_phase_its_own_peak():
+    import time
+
+    import torch
+
+    from esgrpo.memory import PeakMemory
+
+    mib = 2**20
+    with PeakMemory("cpu") as mem:
+        x = torch.ones(64 * mib // 4)  # phase 1: 64 MiB, freed before the lap (64 MiB blocks go back to the OS)
+        time.sleep(0.05)
+        del x
+        first = mem.lap()
+        second = mem.lap()  # phase 2 allocated nothing
+        y = torch.ones(128 * mib // 4)  # phase 3: 128 MiB, alive at the lap
+        third = mem.lap()
+        del y
+    assert first >= 60 * mib and second < 16 * mib and third >= 120 * mib
+    assert mem.added_bytes >= third  # the block's peak keeps every lap's
 
 
 # --- 5. measurement cost accounted apart from training ------------------------------------------------

@@ -70,13 +70,17 @@ def _table(method: str, rows: list[dict]) -> list[str]:
     # per-iteration rollouts and tokens from the cumulative counts, before the first iteration is dropped
     counts = [{k: b[k] - a.get(k, 0) for k in ("rollouts", "tokens")}
               for a, b in zip([{}] + rows, rows, strict=False)]
+    # a phase's peak memory over every step, the first included (it allocates the optimizer's state)
+    mem = {ph: max(r[f"mem_{ph}"] for r in rows) for ph in PHASES[method]
+           if rows and all(r.get(f"mem_{ph}") is not None for r in rows)}
     counts, rows = _steady(counts), _steady(rows)
     per = [r.get("iteration_seconds", r.get("step_seconds", 0.0)) for r in rows]
     total = statistics.mean(per) if per else float("nan")
-    lines = [f"  {'phase':10s} {'s/iter':>9s} {'share':>7s}"]
+    lines = [f"  {'phase':10s} {'s/iter':>9s} {'share':>7s}" + (f" {'peak added MiB':>15s}" if mem else "")]
     for ph in PHASES[method]:
         v = statistics.mean(r.get(f"t_{ph}", 0.0) for r in rows) if rows else 0.0
-        lines.append(f"  {ph:10s} {v:9.3f} {100 * v / total if total else 0:6.1f}%")
+        peak = (f" {mem[ph] / MIB:15.1f}" if ph in mem else f" {'':>14s}-") if mem else ""
+        lines.append(f"  {ph:10s} {v:9.3f} {100 * v / total if total else 0:6.1f}%{peak}")
     lines.append(f"  {'total':10s} {total:9.3f}")
     roll = statistics.mean(c["rollouts"] for c in counts)
     toks = statistics.mean(c["tokens"] for c in counts)

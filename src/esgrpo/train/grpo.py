@@ -399,7 +399,7 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
         progress.update(budget.steps, force=True)
         was_training = policy.model.training
         while not budget.stop(per_step):
-            row = _train_step(policy, task, examples, cfg, optim, ref_model, budget, run)
+            row = _train_step(policy, task, examples, cfg, optim, ref_model, budget, run, mem)
             run.log(row)
             progress.update(budget.steps, reward=row["reward_mean"], kl=row["kl"] if row["kl"] is not None else "-",
                             loss=row["loss"], rollouts=budget.rollouts)
@@ -425,11 +425,15 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
 
 
 def _train_step(policy: Policy, task: Task, examples: list[Example], cfg: GRPOConfig, optim: _Optimizer,
-                ref_model: torch.nn.Module | None, budget: Budget, run: RunDir) -> dict[str, Any]:
-    """One GRPO step (the numbered steps of the module docstring); returns its metrics row."""
+                ref_model: torch.nn.Module | None, budget: Budget, run: RunDir,
+                mem: PeakMemory | None = None) -> dict[str, Any]:
+    """One GRPO step (the numbered steps of the module docstring); returns its metrics row. `mem`: the run's
+    memory measure, lapped per phase (the peak each phase adds over the run's start)."""
     device = policy.device
     K, P = cfg.group_size, cfg.prompts_per_step
     step = budget.steps  # 0-based index of this update; everything random derives from (seed, step)
+    lap = mem.lap if mem is not None else lambda: None
+    lap()  # what ran between steps (logging, a checkpoint) is no phase's
     t_start = time.perf_counter()
 
     # 1. Prompts for this step (without replacement while the pool allows it).
@@ -447,6 +451,7 @@ def _train_step(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCo
                           shared_prefix=cfg.shared_prompt)
     sync(device)
     t_gen = time.perf_counter()
+    mem_generate = lap()
     t_sync = policy.engine.stats.push_seconds - pushed if policy.engine is not None else 0.0
 
     # 3. Rewards (a failing reward scores 0 and is counted, never fatal).
@@ -467,12 +472,14 @@ def _train_step(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCo
     acc = accumulate_gradients(policy, rep_prompts, gen.response_ids, adv, cfg, ref_model, track_kl)
     sync(device)
     t_backward = time.perf_counter()
+    mem_backward = lap()  # with scoring and the reference's forward
 
     # 6. Clip, step, schedule; stop before a non-finite update reaches the log or a checkpoint.
     audit: dict[str, float] = {}
     grad_norm, lr, update_norm = optim.step(audit)
     sync(device)
     t_end = time.perf_counter()
+    mem_step = lap()
     if not (math.isfinite(update_norm) and math.isfinite(acc["loss"])):
         raise EsgrpoError(f"grpo step {step + 1}: the update is not finite (loss {acc['loss']:.3g}, gradient norm "
                           f"{grad_norm:.3g}, update norm {update_norm:.3g}); grpo.lr = {cfg.lr:g} is too large or "
@@ -494,6 +501,7 @@ def _train_step(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCo
         "t_generate": t_gen - t_start, "t_reward": t_reward - t_gen, "t_backward": t_backward - t_reward - acc["t_ref"],
         "t_ref": acc["t_ref"], "t_sync": t_sync, "t_measure": t_measure, "t_step": t_end - t_backward,
         "step_seconds": t_end - t_start,
+        "mem_generate": mem_generate, "mem_backward": mem_backward, "mem_step": mem_step,
     }
 
 
