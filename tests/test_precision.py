@@ -74,3 +74,32 @@ def test_grpo_step_audit_compares_the_float32_masters_with_the_bf16_weights(micr
     assert audit["changed_frac"] == pytest.approx(float((applied != 0).double().mean()))
     assert audit["changed_frac"] < 0.5  # an AdamW step of lr 1e-5 is below bf16's spacing for most weights
     assert math.isfinite(audit["update_norm_ratio"])
+
+
+def test_grpo_step_one_tensor_at_a_time_is_adamw_on_the_whole_model_bitwise(micro_policy):
+    """The optimizer steps tensor by tensor (to measure each change with one tensor's copy): the weights equal,
+    bit for bit, torch's AdamW stepping every tensor at once with the same clipped gradients, over two steps
+    (a tensor without a gradient counts as a zero gradient), and update_norm is the norm of the change."""
+    policy = micro_policy
+    cfg = GRPOConfig(lr=1e-3, lr_schedule="constant", max_grad_norm=1.0)
+    optim = _Optimizer(policy, cfg, planned=2)
+    ref = [p.detach().clone().requires_grad_(True) for p in optim.params]
+    ref_opt = torch.optim.AdamW(ref, lr=cfg.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    for step in range(2):
+        grads = [torch.randn(p.shape, generator=g) for p in optim.params]
+        grads[step] = None  # a different tensor has no gradient at each step
+        before = [p.detach().clone() for p in optim.params]
+        for p, r, gr in zip(optim.params, ref, grads, strict=True):
+            p.grad = None if gr is None else gr.clone()
+            r.grad = torch.zeros_like(r) if gr is None else gr.clone()
+        torch.nn.utils.clip_grad_norm_(ref, cfg.max_grad_norm)
+        ref_opt.step()
+        grad_norm, _, norm = optim.step()
+        assert grad_norm > cfg.max_grad_norm  # the clip bound
+        for p, r in zip(optim.params, ref, strict=True):
+            assert torch.equal(p.detach(), r.detach())
+            assert p.grad is None
+        change = sum(float(torch.linalg.vector_norm(p.detach() - b)) ** 2
+                     for p, b in zip(optim.params, before, strict=True))
+        assert norm == pytest.approx(math.sqrt(change), rel=1e-12)

@@ -304,7 +304,6 @@ class _Optimizer:
         still advances its moments and step count, as with an explicit zero gradient."""
         if self.shadow:
             return self._published_step(audit)
-        before = [m.detach().clone() for m in self.masters]
         for m, p in zip(self.masters, self.params, strict=True):
             g = p.grad if p.grad is not None else torch.zeros_like(p)
             if m is p:
@@ -314,19 +313,25 @@ class _Optimizer:
                 p.grad = None
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.masters, self.max_grad_norm))
         lr = self.sched.get_last_lr()[0]
-        self.opt.step()
-        self.sched.step()
+        # One tensor at a time: AdamW updates each tensor on its own and skips a tensor without a gradient,
+        # so stepping them one by one is the same step, and the copy that measures the change is one tensor's
+        # (not a second copy of the model at the step's peak).
+        held = [m.grad for m in self.masters]
         self.opt.zero_grad(set_to_none=True)
+        sums = AuditSums(audit=audit is not None)
         with torch.no_grad():
-            for m, p in self._low():
-                p.copy_(m)
-            sums = AuditSums(audit=audit is not None)
-            for m, p, b in zip(self.masters, self.params, before, strict=True):
+            for i, (m, p) in enumerate(zip(self.masters, self.params, strict=True)):
+                before = m.detach().clone()
+                m.grad, held[i] = held[i], None
+                self.opt.step()
+                m.grad = None
                 if m is p:  # float32 weights: the applied update is the intended one
-                    sums.add(m - b, None)
-                else:  # the weights held round(master) before the step too, so their change is exact from b
-                    sums.add(p.float() - b.to(p.dtype).float(), m - b)
+                    sums.add(m - before, None)
+                else:  # the weights held round(master) before the step too, so their change is exact from before
+                    p.copy_(m)
+                    sums.add(p.float() - before.to(p.dtype).float(), m - before)
                 sums.count(p.numel())
+        self.sched.step()
         if audit is not None:
             audit.update(sums.result())
         return grad_norm, lr, sums.applied_norm
