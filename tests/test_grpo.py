@@ -21,6 +21,7 @@ from esgrpo.train.grpo import (
     group_advantages,
     grpo_loss,
     micro_batches,
+    recomputed_layers,
     train_grpo,
 )
 
@@ -216,6 +217,20 @@ def test_one_step_changes_every_parameter(tmp_path):
     assert res["steps"] == 1 and (tmp_path / "run/checkpoints/final/trainer_state.json").exists()
 
 
+def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path):
+    """Two steps with grpo.gradient_checkpointing end at the weights and rewards of two steps without it, bit for
+    bit, and leave the model without checkpointing."""
+    runs = {}
+    for on in (False, True):
+        policy = make_micro_policy()
+        run = RunDir(tmp_path / f"gc-{on}")
+        train_grpo(policy, FakeTask(), EXAMPLES, small_cfg(steps=2, gradient_checkpointing=on), run)
+        runs[on] = (weights(policy), [(r["reward_mean"], r["loss"]) for r in run.metrics()])
+        assert not any(getattr(m, "gradient_checkpointing", False) for m in policy.model.modules())
+    assert runs[True][1] == runs[False][1]
+    assert all(torch.equal(runs[True][0][n], w) for n, w in runs[False][0].items())
+
+
 def test_budget_counters_and_stop_on_rollouts(tmp_path):
     run = RunDir(tmp_path / "a")
     res = train_grpo(make_micro_policy(), FakeTask(fail_every=5), EXAMPLES, small_cfg(steps=3, lr=1e-4), run)
@@ -319,6 +334,56 @@ def test_micro_batches_by_hand():
     # ... or `size` responses of one group, never two prompts' responses in a chunk
     assert micro_batches(prompts, responses, 3, group_size=4) == [[3], [0, 1, 2], [4, 5, 6], [7]]
     assert _shared_prompts([[1], [1], [2], [2], [2], [1]]) == ([[1], [2], [1]], [2, 3, 1])
+
+
+def _saved_bytes_and_grads(policy, on, prompt_ids, response_ids, adv, cfg):
+    """accumulate_gradients with layer recomputation on or off: the bytes autograd kept (parameters aside) and
+    the gradient."""
+    params = {p.data_ptr() for p in policy.model.parameters()}
+    saved = [0]
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            saved[0] += t.numel() * t.element_size()
+        return t
+
+    policy.model.zero_grad(set_to_none=True)
+    policy.model.train()
+    with recomputed_layers(policy.model, on), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = accumulate_gradients(policy, prompt_ids, response_ids, adv, cfg)
+    policy.model.eval()
+    return out, saved[0], [p.grad.clone() for _, p in policy.named_parameters()]
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradient_from_fewer_saved_activations():
+    """grpo.gradient_checkpointing: each layer's activations are recomputed in the backward pass, so autograd
+    keeps less, while the loss and every gradient equal those without it bit for bit (the recomputation repeats
+    the same ops); afterwards the model is as before (no checkpointing, no input hook)."""
+    policy = make_micro_policy(layers=3)
+    prompts = policy.encode([[{"role": "user", "content": q}] for q in ("Is the sky blue?", "Compute 7+5*3.")])
+    prompt_ids = [prompts[0]] * 3 + [prompts[1]] * 3
+    response_ids = [[5, 6, 7], [8], [], [9, 10, 11, 12, 13], [14, 15], [16, 17, 18, 19]]
+    adv = torch.tensor([1.0, -0.5, -0.5, 0.3, 0.0, -0.3])
+    cfg = GRPOConfig(micro_batch_size=3, group_size=3, max_new_tokens=6, gradient_checkpointing=True)
+    plain, plain_saved, plain_grads = _saved_bytes_and_grads(policy, False, prompt_ids, response_ids, adv, cfg)
+    ckpt, ckpt_saved, ckpt_grads = _saved_bytes_and_grads(policy, True, prompt_ids, response_ids, adv, cfg)
+    assert ckpt_saved < 0.7 * plain_saved
+    assert ckpt["loss"] == plain["loss"] and ckpt["tokens"] == plain["tokens"]
+    assert all(torch.equal(g, g0) for g, g0 in zip(ckpt_grads, plain_grads, strict=True))
+    assert all(g.abs().max() > 0 for g in plain_grads)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in policy.model.modules())
+    again, again_saved, _ = _saved_bytes_and_grads(policy, False, prompt_ids, response_ids, adv, cfg)
+    assert again_saved == plain_saved and again["loss"] == plain["loss"]
+
+
+def test_gradient_checkpointing_is_refused_with_shared_prompt_or_a_model_without_it():
+    with pytest.raises(ConfigError, match=r"grpo\.gradient_checkpointing and grpo\.shared_prompt"):
+        GRPOConfig(gradient_checkpointing=True, shared_prompt=True).check()
+    with (pytest.raises(ConfigError, match=r"grpo\.gradient_checkpointing: Linear does not support"),
+          recomputed_layers(torch.nn.Linear(2, 2), True)):
+        pass
+    with recomputed_layers(torch.nn.Linear(2, 2), False):  # off: nothing is asked of the model
+        pass
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5])

@@ -38,6 +38,8 @@ def test_field_map_values(tmp_path):
     assert a["use_bias_correction_kl"] is False and a["weight_decay"] == 0.0
     assert trl_arguments(GRPOConfig(), tmp_path, 1)["scale_rewards"] == "group"
     assert trl_arguments(GRPOConfig(micro_batch_size=8), tmp_path, 1, world=2)["gradient_accumulation_steps"] == 4
+    assert trl_arguments(GRPOConfig(), tmp_path, 1)["gradient_checkpointing"] is False
+    assert trl_arguments(GRPOConfig(gradient_checkpointing=True), tmp_path, 1)["gradient_checkpointing"] is True
 
 
 @pytest.mark.parametrize("change, stop, key", [

@@ -341,6 +341,12 @@ class GRPOConfig:
         "rounding, several times less work with long (few-shot) prompts. Micro-batches then hold whole groups "
         "(or micro_batch_size responses of one group). Hugging Face models with a DynamicCache only. Generation "
         "then also computes the batch's common prompt prefix (a few-shot prefix) once (see es.shared_prefix).")
+    gradient_checkpointing: bool = F(
+        False, "Recompute each decoder layer's activations in the backward pass instead of keeping them (Hugging "
+        "Face's activation checkpointing, non-reentrant): the same loss and gradient up to float rounding for about "
+        "one more forward pass of time; a micro-batch then keeps one layer's activations instead of all. Hugging Face "
+        "models only, and not with shared_prompt (the prompt's cached keys and values are what checkpointing turns "
+        "off).")
     kl_every: int = F(1, "Measure KL to the frozen base every k steps (0 = never; every step when beta > 0). "
                       "With beta = 0 a measurement: its time and the reference copy are accounted apart "
                       "from training.", NON_NEGATIVE, control=True)
@@ -359,6 +365,10 @@ class GRPOConfig:
     def check(self) -> None:
         if not self.steps and not self.max_rollouts:
             raise ConfigError("grpo needs a budget: set grpo.steps or grpo.max_rollouts (both are 0)")
+        if self.gradient_checkpointing and self.shared_prompt:
+            raise ConfigError("grpo.gradient_checkpointing and grpo.shared_prompt together: checkpointing recomputes "
+                              "layers without their key/value cache, which the shared prompt passes in; set one of "
+                              "them false")
 
 
 @dataclass

@@ -39,10 +39,12 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +203,35 @@ def _shared_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int
             distinct.append(p)
             counts.append(1)
     return distinct, counts
+
+
+@contextlib.contextmanager
+def recomputed_layers(model: torch.nn.Module, on: bool) -> Iterator[None]:
+    """grpo.gradient_checkpointing: inside, a Hugging Face model in training mode keeps only each decoder layer's
+    input for the backward pass and recomputes the layer there (non-reentrant torch checkpointing: the
+    recomputation repeats the forward's ops, so the gradient is the one without it up to float rounding)."""
+    if not on:
+        yield
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"grpo.gradient_checkpointing: {type(model).__name__} does not support Hugging Face's "
+                          "activation checkpointing; set grpo.gradient_checkpointing false")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    try:
+        yield
+    finally:
+        if hasattr(model, "activation_checkpointing_disable"):
+            model.activation_checkpointing_disable()
+        else:
+            model.gradient_checkpointing_disable()
+        # enabling also hooked the embeddings to make their output require a gradient (for frozen embeddings);
+        # full-parameter training does not need it, so it goes with the checkpointing
+        if hasattr(model, "disable_input_require_grads"):
+            model.disable_input_require_grads()
 
 
 def accumulate_gradients(policy: Policy, prompt_ids: list[list[int]], response_ids: list[list[int]],
@@ -403,14 +434,16 @@ def train_grpo(policy: Policy, task: Task, examples: list[Example], cfg: GRPOCon
         progress = Progress(f"grpo {getattr(task, 'name', '')}".strip(), planned)
         progress.update(budget.steps, force=True)
         was_training = policy.model.training
-        while not budget.stop(per_step):
-            row = _train_step(policy, task, examples, cfg, optim, ref_model, budget, run, mem)
-            run.log(row)
-            progress.update(budget.steps, reward=row["reward_mean"], kl=row["kl"] if row["kl"] is not None else "-",
-                            loss=row["loss"], rollouts=budget.rollouts)
-            if cfg.checkpoint_every and budget.steps % cfg.checkpoint_every == 0 and not budget.stop(per_step):
-                checkpoint(step_name(budget.steps))  # not at the last step: final holds the same state
-                prune_checkpoints(run.path, cfg.checkpoint_keep)
+        with recomputed_layers(policy.model, cfg.gradient_checkpointing):
+            while not budget.stop(per_step):
+                row = _train_step(policy, task, examples, cfg, optim, ref_model, budget, run, mem)
+                run.log(row)
+                progress.update(budget.steps, reward=row["reward_mean"],
+                                kl=row["kl"] if row["kl"] is not None else "-", loss=row["loss"],
+                                rollouts=budget.rollouts)
+                if cfg.checkpoint_every and budget.steps % cfg.checkpoint_every == 0 and not budget.stop(per_step):
+                    checkpoint(step_name(budget.steps))  # not at the last step: final holds the same state
+                    prune_checkpoints(run.path, cfg.checkpoint_keep)
     policy.model.train(was_training)
     checkpoint("final")
     rows = [r for r in run.metrics() if r.get("trainer") == "grpo"]

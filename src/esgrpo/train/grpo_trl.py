@@ -27,6 +27,7 @@ Field map (ours -> TRL):
     temperature, top_p -> temperature, top_p (top_k 0);  max_new_tokens -> max_completion_length
     steps / max_rollouts -> max_steps (the planned steps);  max_grad_norm -> max_grad_norm;  seed -> seed
     checkpoint_every -> save_steps of TRL's own resumable checkpoints (`trl/checkpoint-*`)
+    gradient_checkpointing -> gradient_checkpointing (the Trainer's own)
     no counterpart: gen_batch_size (TRL decodes a process's share of the step at once), shared_prompt, prompt.stop
     (TRL stops at end-of-text or max_completion_length)
 
@@ -89,6 +90,7 @@ FIELD_MAP = {
     "max_grad_norm": "max_grad_norm",
     "micro_batch_size": "per_device_train_batch_size (gradient_accumulation_steps: the rest of the step)",
     "shared_prompt": "no counterpart: TRL scores every response with its whole prompt (default only)",
+    "gradient_checkpointing": "gradient_checkpointing (TRL's, through the Hugging Face Trainer)",
     "kl_every": "our measurement on TRL's samples when beta = 0 (TRL's own kl when beta > 0)",
     "checkpoint_every": "save_steps (TRL's resumable checkpoints) and our checkpoints/step-*",
     "checkpoint_keep": "our checkpoints/step-* (TRL keeps its latest one: save_total_limit 1)",
@@ -163,7 +165,7 @@ def trl_arguments(cfg: GRPOConfig, out: Path, planned_steps: int, *, world: int 
         "save_total_limit": 1,  # resuming needs only the latest
         "logging_steps": 1,
         "report_to": "none",
-        "gradient_checkpointing": False,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
         "bf16": bf16,
         "use_cpu": not torch.cuda.is_available(),
         "disable_tqdm": True,
