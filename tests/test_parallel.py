@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,25 @@ def test_study_on_ray_equals_the_sequential_study(tmp_path, local_ray):
     for f in ("results.json", "analysis.json", "sequence/sequence.json"):
         a, b = (json.loads((tmp_path / s / f).read_text()) for s in ("seq", "ray"))
         assert strip(a) == strip(b), f
+
+
+@pytest.mark.slow
+def test_barriers_between_seeds_on_ray_equal_the_sequential_ones(tmp_path, local_ray):
+    """The nulls' barrier paths and end points as jobs on two Ray workers: the same seeds.json, bit for bit, as
+    one after another in this process (both at 1 thread)."""
+    from esgrpo.analysis.seeds import between_seeds
+    from esgrpo.config import ModelConfig
+    from esgrpo.seeds import run_seeds, seed_config
+    from test_seeds import two_seed_study
+
+    cfg = two_seed_study(tmp_path / "s", str(tmp_path / "cache"))
+    cfg = dataclasses.replace(cfg, model=ModelConfig(cache_dir=str(tmp_path / "cache"), threads=1), es_variants={})
+    run_seeds(cfg)
+    path = Path(cfg.out) / "seeds.json"
+    seq = json.loads(path.read_text())
+    assert len(seq["barriers"]["math"]) == 4 and len(seq["endpoints"]["math"]) == 4  # ES, GRPO 3->5; ES->GRPO x2
+    path.write_text(json.dumps({k: v for k, v in seq.items() if k not in ("barriers", "endpoints")}))
+    par = dataclasses.replace(cfg, parallel="ray", ray=RayConfig(workers=2))
+    between_seeds(Path(cfg.out), par, {s: Path(seed_config(cfg, s).out) for s in cfg.seeds})
+    on_ray = json.loads(path.read_text())
+    assert on_ray["barriers"] == seq["barriers"] and on_ray["endpoints"] == seq["endpoints"]

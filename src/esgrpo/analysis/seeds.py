@@ -7,7 +7,9 @@ reads only those studies' records and checkpoints:
    beside ES-vs-GRPO (same seed and other seeds) and the random-direction scale 1/sqrt(d); and the
    interpolation barrier along ES_a -> ES_b, GRPO_a -> GRPO_b (every pair of seeds) and ES_s -> GRPO_s
    (every seed), greedy accuracy on `nulls.n_examples` test examples, each with a paired bootstrap interval
-   over those examples. Stored in `<out>/seeds.json` piece by piece (an interrupted run resumes).
+   over those examples. Each checkpoint's end point and each path's inner points are one job
+   (parallel.run_jobs: one after another, or on the Ray workers with `parallel: ray`). Stored in
+   `<out>/seeds.json` piece by piece as the jobs finish (an interrupted run resumes).
 2. `aggregate`: Table 1, the geometry numbers and the sequential metrics of every seed, each as a mean
    with its Student-t 95% interval over seeds (analysis/stats.py).
 3. `findings`: the paper's claims, each decided from the intervals: yes (the interval excludes the null
@@ -64,9 +66,8 @@ def path_list(seeds: list[int], variants: list[str] | tuple[str, ...] = ()
 def between_seeds(root: Path, cfg: StudyConfig, dirs: dict[int, Path]) -> dict[str, Any]:
     """Cosines and barriers between the seeds' checkpoints (see the module docstring); `<root>/seeds.json`."""
     from esgrpo.checkpoints import base_checkpoint
-    from esgrpo.models import load_policy, resolve_model_path
-    from esgrpo.tasks import load_task_examples
-    from esgrpo.tasks.prompting import make_task
+    from esgrpo.models import resolve_model_path
+    from esgrpo.parallel import Job, run_jobs
 
     seeds = list(dirs)
     store = JsonRecord(root / "seeds.json", header={**asdict(cfg.nulls), "seeds": seeds},
@@ -94,38 +95,70 @@ def between_seeds(root: Path, cfg: StudyConfig, dirs: dict[int, Path]) -> dict[s
         cos["random_baseline"], cos["inv_sqrt_d"], cos["d"] = c["random_baseline"], c["inv_sqrt_d"], c["d"]
         store.put(cos, "cosine", t)
 
-    # 1b. Barriers: greedy per-example rewards at every point; the end points are evaluated once per checkpoint.
-    policy = load_policy(cfg.model, cfg.tiny, engine=cfg.generation.engine)
-    gen = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, batch_size=cfg.generation.batch_size)
-    test = load_task_examples(cfg.data, "test", cfg.data.n_test)
+    # 1b. Barriers: greedy per-example rewards at every point. Each checkpoint's end point is evaluated once (a
+    # job of its own) and each path's inner points are one job: one after another here, or on the Ray workers
+    # with `parallel: ray`. Every result is stored as it finishes, and a path as soon as its ends are there.
     alphas = [i / (cfg.nulls.alphas - 1) for i in range(cfg.nulls.alphas)]
+    jobs: list[Job] = []
+    done: list[tuple[str, ...]] = []  # what each job's result is: ("endpoint", t, m@s) or ("inner", t, key)
+    paths: dict[tuple[str, str], tuple[str, str, str]] = {}  # (t, key) -> (kind, end point a, end point b)
     for t in tasks:
-        examples = test[t][:cfg.nulls.n_examples]
-        task = make_task(t, cfg.prompt, cfg.data)
-
-        def rewards(p: Any, task: Any = task, examples: list = examples) -> dict[str, Any]:
-            return {"rewards": evaluate_task(p, task, examples, gen, per_example=True, label=f"null {task.name}")
-                    ["rewards"]}
-
         for kind, (sa, ma), (sb, mb) in path_list(seeds, list(cfg.es_variants)):
             key = f"{ma}@{sa}->{mb}@{sb}"
             if store.has("barriers", t, key):
                 continue
-            _say(f"barrier {key} on {t} ({len(examples)} examples, {len(alphas)} points)")
-            ends = []
+            paths[(t, key)] = (kind, f"{ma}@{sa}", f"{mb}@{sb}")
             for s, m in ((sa, ma), (sb, mb)):
-                if not store.has("endpoints", t, f"{m}@{s}"):
+                if not store.has("endpoints", t, f"{m}@{s}") and ("endpoint", t, f"{m}@{s}") not in done:
                     ck = ckpts[s][t][m]
-                    store.put(interpolate(policy, ck, ck, [0.0], rewards)[0]["metrics"]["rewards"], "endpoints", t,
-                              f"{m}@{s}")
-                ends.append(store.at("endpoints", t, f"{m}@{s}"))
-            inner = interpolate(policy, ckpts[sa][t][ma], ckpts[sb][t][mb], alphas[1:-1], rewards)
-            per_point = [ends[0], *[p["metrics"]["rewards"] for p in inner], ends[1]]
-            iv = bootstrap_interval(per_point, lambda acc: barrier(acc, alphas), cfg.nulls.resamples, cfg.nulls.seed)
-            store.put({"kind": kind, "alphas": alphas, "accuracy": [sum(r) / len(r) for r in per_point],
-                       "barrier": iv}, "barriers", t, key)
+                    jobs.append(Job(f"end point {m}@{s} on {t}", path_rewards, (cfg, t, ck, ck, [0.0])))
+                    done.append(("endpoint", t, f"{m}@{s}"))
+            jobs.append(Job(f"barrier {key} on {t}", path_rewards,
+                            (cfg, t, ckpts[sa][t][ma], ckpts[sb][t][mb], alphas[1:-1])))
+            done.append(("inner", t, key))
+    inner: dict[tuple[str, str], list[list[float]]] = {}
+
+    def finished(i: int, rewards: list[list[float]]) -> None:
+        what, t, key = done[i]
+        if what == "endpoint":
+            store.put(rewards[0], "endpoints", t, key)
+        else:
+            inner[(t, key)] = rewards
+        for (pt, pkey), (kind, a, b) in list(paths.items()):
+            if (pt, pkey) in inner and store.has("endpoints", pt, a) and store.has("endpoints", pt, b):
+                per_point = [store.at("endpoints", pt, a), *inner.pop((pt, pkey)), store.at("endpoints", pt, b)]
+                iv = bootstrap_interval(per_point, lambda acc: barrier(acc, alphas), cfg.nulls.resamples,
+                                        cfg.nulls.seed)
+                store.put({"kind": kind, "alphas": alphas, "accuracy": [sum(r) / len(r) for r in per_point],
+                           "barrier": iv}, "barriers", pt, pkey)
+                del paths[(pt, pkey)]
+
+    if jobs:
+        _say(f"barriers: {len(paths)} paths, {len(jobs)} jobs ({cfg.nulls.n_examples} examples, "
+             f"{len(alphas)} points per path)")
+        run_jobs(jobs, cfg.ray if cfg.parallel == "ray" else None, on_done=finished)
     store.put(time.time() - t0 + store.data.get("seconds", 0.0), "seconds")
     return store.data
+
+
+def path_rewards(cfg: StudyConfig, task_name: str, theta_a: Path, theta_b: Path, alphas: list[float]
+                 ) -> list[list[float]]:
+    """Greedy per-example rewards on the first `nulls.n_examples` test examples of `task_name` at each alpha of
+    the straight path theta_a -> theta_b (one barrier job; loads its own model, so it can run on a Ray worker)."""
+    from esgrpo.models import load_policy
+    from esgrpo.tasks import load_task_examples
+    from esgrpo.tasks.prompting import make_task
+
+    policy = load_policy(cfg.model, cfg.tiny, engine=cfg.generation.engine)
+    gen = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, batch_size=cfg.generation.batch_size)
+    examples = load_task_examples(cfg.data, "test", cfg.data.n_test)[task_name][:cfg.nulls.n_examples]
+    task = make_task(task_name, cfg.prompt, cfg.data)
+
+    def rewards(p: Any) -> dict[str, Any]:
+        return {"rewards": evaluate_task(p, task, examples, gen, per_example=True, label=f"null {task.name}")
+                ["rewards"]}
+
+    return [p["metrics"]["rewards"] for p in interpolate(policy, theta_a, theta_b, alphas, rewards, restore=False)]
 
 
 # ----------------------------------------------------------------------------------------------
