@@ -182,3 +182,15 @@ def test_every_shipped_study_config_loads_and_validates(path):
         # the same study as the default, seeds and run control aside
         assert (cfg.es, cfg.grpo, cfg.data, cfg.analysis, cfg.sequential) == \
             (default.es, default.grpo, default.data, default.analysis, default.sequential)
+
+
+def test_per_seed_values_in_points_are_shown_to_a_tenth_like_their_mean():
+    """A difference of equal accuracies can be 1e-17 of float round-off: in points it reads 0.0, not 2.78e-15."""
+    from esgrpo.report.seeds import part_rows
+
+    rows = part_rows({"mean_forgetting es_long - grpo": {"mean": -0.0333, "lo": -0.105, "hi": 0.038, "n": 3,
+                                                          "values": [-0.05, 2.7755575615628914e-17, -0.05]},
+                      "math/norm grpo": {"mean": 0.403, "lo": 0.378, "hi": 0.429, "n": 3,
+                                         "values": [0.415, 0.3951, 0.4]}})
+    assert rows[0] == ["mean_forgetting es_long - grpo (points)", "-3.3 [-10.5, 3.8]", "3", "-5.0, 0.0, -5.0"]
+    assert rows[1] == ["math/norm grpo", "0.403 [0.378, 0.429]", "3", "0.415, 0.395, 0.4"]

@@ -131,8 +131,10 @@ def part_rows(part: dict[str, Any]) -> list[list[str]]:
     rows = []
     for k, v in part.items():
         scale = 100.0 if in_points(k) else 1.0
-        rows.append([k + (" (points)" if scale == 100.0 else ""), ci(v, scale, ".1f" if scale == 100.0 else ".3g"),
-                     str(v.get("n", 0)), ", ".join(f"{scale * x:.3g}" for x in v.get("values", []))])
+        spec = ".1f" if scale == 100.0 else ".3g"  # points to a tenth, like the mean (a difference of equal
+        # accuracies can come out as 1e-15 of float round-off)
+        rows.append([k + (" (points)" if scale == 100.0 else ""), ci(v, scale, spec),
+                     str(v.get("n", 0)), ", ".join(f"{scale * x:{spec}}" for x in v.get("values", []))])
     return rows
 
 
