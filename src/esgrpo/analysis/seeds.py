@@ -100,7 +100,7 @@ def between_seeds(root: Path, cfg: StudyConfig, dirs: dict[int, Path]) -> dict[s
     # with `parallel: ray`. Every result is stored as it finishes, and a path as soon as its ends are there.
     alphas = [i / (cfg.nulls.alphas - 1) for i in range(cfg.nulls.alphas)]
     jobs: list[Job] = []
-    done: list[tuple[str, ...]] = []  # what each job's result is: ("endpoint", t, m@s) or ("inner", t, key)
+    job_of: list[tuple[str, ...]] = []  # what each job's result is: ("endpoint", t, m@s) or ("inner", t, key)
     paths: dict[tuple[str, str], tuple[str, str, str]] = {}  # (t, key) -> (kind, end point a, end point b)
     for t in tasks:
         for kind, (sa, ma), (sb, mb) in path_list(seeds, list(cfg.es_variants)):
@@ -109,17 +109,17 @@ def between_seeds(root: Path, cfg: StudyConfig, dirs: dict[int, Path]) -> dict[s
                 continue
             paths[(t, key)] = (kind, f"{ma}@{sa}", f"{mb}@{sb}")
             for s, m in ((sa, ma), (sb, mb)):
-                if not store.has("endpoints", t, f"{m}@{s}") and ("endpoint", t, f"{m}@{s}") not in done:
+                if not store.has("endpoints", t, f"{m}@{s}") and ("endpoint", t, f"{m}@{s}") not in job_of:
                     ck = ckpts[s][t][m]
                     jobs.append(Job(f"end point {m}@{s} on {t}", path_rewards, (cfg, t, ck, ck, [0.0])))
-                    done.append(("endpoint", t, f"{m}@{s}"))
+                    job_of.append(("endpoint", t, f"{m}@{s}"))
             jobs.append(Job(f"barrier {key} on {t}", path_rewards,
                             (cfg, t, ckpts[sa][t][ma], ckpts[sb][t][mb], alphas[1:-1])))
-            done.append(("inner", t, key))
+            job_of.append(("inner", t, key))
     inner: dict[tuple[str, str], list[list[float]]] = {}
 
     def finished(i: int, rewards: list[list[float]]) -> None:
-        what, t, key = done[i]
+        what, t, key = job_of[i]
         if what == "endpoint":
             store.put(rewards[0], "endpoints", t, key)
         else:
